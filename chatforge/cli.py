@@ -1,0 +1,92 @@
+"""`chatforge STAGE --config FILE key=value ...`: one CLI over every stage's config dataclass.
+
+Each command is a module with a `Config` dataclass and `run(cfg)`. `--name value` is the same as
+`name=value`, so `chatforge generate --model DIR --prompt "Hi"` works too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from chatforge.config import config_help, load_config
+from chatforge.errors import ChatforgeError
+
+COMMANDS = {
+    "world": ("chatforge.world.stage", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
+    "tokenizer": ("chatforge.stages.tokenizer", "train a byte-level BPE tokenizer with chat special tokens"),
+    "pretrain": ("chatforge.stages.pretrain", "pretrain (or continue) a decoder-only causal LM"),
+    "generate": ("chatforge.stages.generate", "sample from any causal-LM folder (greedy, beam, sampling)"),
+    "demo": ("chatforge.demo", "the built-in end-to-end run on CPU, writing runs/demo/report.{md,json}"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: chatforge COMMAND [--config FILE] [key=value ...] [--key value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`chatforge COMMAND --help` lists the command's config fields."]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """Split argv into (config file, key=value overrides, help wanted)."""
+    config_file, overrides, want_help = None, [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            want_help = True
+        elif arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                config_file = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                config_file = argv[i + 1]
+                i += 1
+            else:
+                raise ChatforgeError("command line: --config needs a file")
+        elif arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            if "=" in key:
+                overrides.append(key)
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                overrides.append(f"{key}={argv[i + 1]}")
+                i += 1
+            else:
+                overrides.append(f"{key}=true")
+        elif "=" in arg:
+            overrides.append(arg)
+        else:
+            raise ChatforgeError(f"command line: unexpected argument '{arg}' (use key=value)")
+        i += 1
+    return config_file, overrides, want_help
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        config_file, overrides, want_help = parse_args(rest)
+        if want_help:
+            print(f"chatforge {name}: {COMMANDS[name][1]}\n\n{(module.__doc__ or '').strip()}\n\nconfig fields:")
+            print(config_help(module.Config))
+            return 0
+        cfg = load_config(module.Config, config_file, overrides)
+        module.run(cfg)
+    except ChatforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

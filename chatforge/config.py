@@ -1,0 +1,202 @@
+"""YAML file + `key=value` overrides -> a stage's config dataclass, validated before anything loads.
+
+Each stage declares its config as a dataclass whose fields carry a help text (`opt(default, "help")`).
+Unknown keys, wrong types and bad values are reported with the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from chatforge.errors import ChatforgeError
+
+
+def opt(default: Any, help: str, **kwargs):
+    """A dataclass field with a default and a one-line help text (shown by `chatforge STAGE --help`)."""
+    if isinstance(default, (list, dict)):
+        factory = (lambda value=default: type(value)(value))
+        return dataclasses.field(default_factory=factory, metadata={"help": help, **kwargs})
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str):
+    """Check `value` against the annotation `tp`, converting only where it is lossless (int -> float, str -> Path)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ChatforgeError as exc:
+                errors.append(str(exc))
+        raise ChatforgeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ChatforgeError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ChatforgeError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ChatforgeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ChatforgeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ChatforgeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ChatforgeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ChatforgeError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ChatforgeError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ChatforgeError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, {}, where)
+    return value
+
+
+def _build(cls, values: dict, sources: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        loc = sources.get(key, where)
+        if key not in fields:
+            raise ChatforgeError(f"{loc}: unknown field '{key}' for {cls.__name__}{_suggest(key, fields)}")
+        kwargs[key] = _coerce(value, hints[key], f"{loc}: field '{key}'")
+    return cls(**kwargs)
+
+
+def _parse_override(item: str):
+    if "=" not in item:
+        raise ChatforgeError(f"command line: '{item}' is not key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(values: dict, key: str, value):
+    parts = key.split(".")
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ChatforgeError(f"command line: '{key}': '{part}' is not a nested section")
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict]:
+    """Read a YAML mapping; return (values, {top-level key: line number})."""
+    path = Path(path)
+    if not path.exists():
+        raise ChatforgeError(f"{path}: config file does not exist")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ChatforgeError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if values is None:
+        return {}, {}
+    if not isinstance(values, dict):
+        raise ChatforgeError(f"{path}: expected a mapping of config fields at the top level")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    return values, lines
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple = ()):
+    """Build `cls` from an optional YAML file and `key=value` overrides (overrides win)."""
+    values, sources, where = {}, {}, "command line"
+    if path is not None:
+        values, lines = read_yaml(path)
+        where = str(path)
+        sources = {key: f"{path}:{line}" for key, line in lines.items()}
+    # overrides win over the file; an error in one is reported against the command line
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(values, key, value)
+        sources[key.split(".")[0]] = "command line"
+    try:
+        cfg = _build(cls, values, sources, where)
+    except TypeError as exc:  # a required field is missing
+        raise ChatforgeError(f"{where}: {exc}") from None
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def config_help(cls) -> str:
+    """One line per field: name, type, default, help."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r})\n      {f.metadata.get('help', '')}")
+    return "\n".join(rows)
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain YAML-able data (paths as strings), for saving beside a run."""
+    def convert(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+    return convert(dataclasses.asdict(cfg))
+
+
+def save_config(cfg, path: str | Path) -> None:
+    """Write the resolved config to `path` as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,105 @@
+"""Load and save Hugging Face model folders, with errors that say what is wrong with the folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from chatforge.errors import ChatforgeError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Raise a ChatforgeError unless `path` is a local HF model folder (config.json + safetensors)."""
+    path = Path(path)
+    if not path.exists():
+        raise ChatforgeError(f"{path}: model folder does not exist")
+    if not path.is_dir():
+        raise ChatforgeError(f"{path}: expected a model folder, found a file")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ChatforgeError(
+            f"{path}: not a model folder (no config.json). Point it at a folder written by "
+            "`save_pretrained` or by a chatforge stage (e.g. runs/demo/pretrain/final)."
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ChatforgeError(f"{config_file}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ChatforgeError(f"{config_file}: field 'model_type' is missing; this is not a transformers model config")
+    if not any((path / name).exists() for name in WEIGHT_FILES):
+        raise ChatforgeError(
+            f"{path}: no model.safetensors in the folder. chatforge loads safetensors weights only "
+            "(never pickles); convert the checkpoint with `save_pretrained(safe_serialization=True)`."
+        )
+    return path
+
+
+def load_causal_lm(path, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                   trust_remote_code: bool = False):
+    """Load any AutoModelForCausalLM folder (safetensors only) onto `device`."""
+    from transformers import AutoModelForCausalLM
+
+    path = check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (ValueError, OSError, KeyError) as exc:
+        raise ChatforgeError(f"{path}: transformers could not load it as a causal LM: {exc}") from None
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def load_tokenizer(path):
+    """Load the tokenizer saved beside a model (or a tokenizer folder) with AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        raise ChatforgeError(
+            f"{path}: no tokenizer.json / tokenizer_config.json. Train one with `chatforge tokenizer` "
+            "or copy the model's tokenizer files into the folder."
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (ValueError, OSError) as exc:
+        raise ChatforgeError(f"{path}: could not load the tokenizer: {exc}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def save_hf_folder(model, tokenizer, path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write model + tokenizer (+ small text files) to `path` atomically: a temp folder, then rename.
+
+    An interrupted save never leaves a half-written folder under the final name.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    unwrapped = getattr(model, "module", model)
+    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
