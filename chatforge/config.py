@@ -6,6 +6,7 @@ Unknown keys, wrong types and bad values are reported with the file, the line an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -20,8 +21,8 @@ from chatforge.errors import ChatforgeError
 
 def opt(default: Any, help: str, **kwargs):
     """A dataclass field with a default and a one-line help text (shown by `chatforge STAGE --help`)."""
-    if isinstance(default, (list, dict)):
-        factory = (lambda value=default: type(value)(value))
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        factory = (lambda value=default: copy.deepcopy(value))
         return dataclasses.field(default_factory=factory, metadata={"help": help, **kwargs})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 

@@ -1,0 +1,68 @@
+"""Training checkpoints: an HF model folder plus the trainer's state, written atomically.
+
+    RUN/checkpoints/step_0000500/
+        config.json, model.safetensors, tokenizer files   <- loads with from_pretrained as it is
+        trainer_state.pt    optimizer + scheduler + RNG (tensors only: loaded with weights_only=True)
+        train_state.json    step counters and data position; written last, it marks the folder complete
+
+A checkpoint is written to `step_N.tmp/` and renamed, so a crash mid-save leaves no folder that
+looks complete. Only the newest `keep_last` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "train_state.json"
+TRAINER_FILE = "trainer_state.pt"
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, state: dict,
+                    keep_last: int = 2) -> Path:
+    """Write checkpoint `step` under run_dir/checkpoints and prune older ones; return its folder."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:07d}"
+    tmp = root / f"step_{step:07d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    getattr(model, "module", model).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp / TRAINER_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    done = [p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
+            and (p / STATE_FILE).exists()]
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_trainer_state(checkpoint: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and RNG from a checkpoint; return its train_state.json."""
+    trainer = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    torch.set_rng_state(trainer["torch_rng"])
+    return json.loads((checkpoint / STATE_FILE).read_text())

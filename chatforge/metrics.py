@@ -1,0 +1,64 @@
+"""Per-step metrics to the run folder: `metrics.jsonl` (one JSON object a line) and TensorBoard.
+
+Weights & Biases is used too when `wandb_project` is set and wandb is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Append-only metrics for one run folder; safe to reopen when a run resumes."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, wandb_project: str | None = None,
+                 config: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.run_dir / "metrics.jsonl", "a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                self.tb = None
+        self.wandb = None
+        if wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), config=config or {})
+
+    def log(self, step: int, values: dict) -> None:
+        """Record `values` (name -> number) at `step`."""
+        record = {"step": step, "time": round(time.time(), 3)}
+        for key, value in values.items():
+            value = float(value)
+            record[key] = value if math.isfinite(value) else str(value)
+            if self.tb is not None:
+                self.tb.add_scalar(key, value, step)
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Load a metrics.jsonl file (a run folder or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,53 @@
+"""Where and how a stage runs: device, autocast dtype, threads, seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from chatforge.errors import ChatforgeError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; a CUDA request on a machine without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ChatforgeError(f"device '{name}' was asked for but torch sees no CUDA GPU; use device=cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: 'auto' -> bf16 on a GPU that supports it, none (fp32) on CPU."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    table = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise ChatforgeError(f"dtype '{name}' is not one of auto, {', '.join(table)}")
+    return table[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """A mixed-precision context, or a no-op for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(num_threads: int) -> None:
+    """Use `num_threads` CPU threads for torch (0 keeps torch's default)."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)

@@ -1,0 +1,71 @@
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from chatforge.config import config_help, load_config, opt
+from chatforge.errors import ChatforgeError
+
+
+@dataclass
+class Inner:
+    depth: int = opt(2, "depth")
+
+
+@dataclass
+class Sample:
+    name: str = opt("x", "a name")
+    steps: int = opt(10, "steps")
+    rate: float = opt(0.5, "a rate")
+    flag: bool = opt(False, "a flag")
+    files: list[str] = opt([], "files")
+    mode: Literal["a", "b"] = opt("a", "a mode")
+    out: Path = opt(Path("runs"), "a path")
+    extra: dict = opt({}, "free mapping")
+    inner: Inner = opt(Inner(), "nested")
+
+    def validate(self):
+        if self.steps < 0:
+            raise ChatforgeError("steps must be >= 0")
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: hello\nsteps: 3\nrate: 1\nfiles: [a, b]\ninner: {depth: 4}\n")
+    cfg = load_config(Sample, path, ["steps=7", "flag=true", "mode=b", "extra.k=1", "inner.depth=5"])
+    assert cfg.name == "hello" and cfg.steps == 7 and cfg.rate == 1.0 and isinstance(cfg.rate, float)
+    assert cfg.flag is True and cfg.files == ["a", "b"] and cfg.mode == "b"
+    assert cfg.extra == {"k": 1} and cfg.inner.depth == 5 and cfg.out == Path("runs")
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: hello\n\nstesp: 3\n")
+    with pytest.raises(ChatforgeError, match=r"c.yaml:3: unknown field 'stesp'.*did you mean 'steps'"):
+        load_config(Sample, path)
+
+
+def test_wrong_type_from_command_line():
+    with pytest.raises(ChatforgeError, match="command line: field 'steps': expected an integer"):
+        load_config(Sample, None, ["steps=many"])
+    with pytest.raises(ChatforgeError, match="expected one of"):
+        load_config(Sample, None, ["mode=c"])
+    with pytest.raises(ChatforgeError, match="not key=value"):
+        load_config(Sample, None, ["steps"])
+
+
+def test_validate_runs_and_bad_yaml(tmp_path):
+    with pytest.raises(ChatforgeError, match="steps must be"):
+        load_config(Sample, None, ["steps=-1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ChatforgeError, match="bad.yaml:.*invalid YAML"):
+        load_config(Sample, bad)
+    with pytest.raises(ChatforgeError, match="does not exist"):
+        load_config(Sample, tmp_path / "missing.yaml")
+
+
+def test_help_lists_fields():
+    text = config_help(Sample)
+    assert "steps (int, default 10)" in text and "a rate" in text
