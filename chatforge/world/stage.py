@@ -1,0 +1,162 @@
+"""Write the built-in world: facts, pretraining corpus, demonstrations, prompts, fact clozes, labeler.
+
+OUT_DIR/
+  world.json                 the facts (World.load / GoldScorer.from_dir read it back)
+  labeler.json               the simulated labeler's noise, calibrated to the target agreement
+  config.yaml                the config this was written with
+  corpus/train.jsonl         {"text", "source"} pretraining documents
+  corpus/val.jsonl           held-out documents of the same world (no text shared with train)
+  demos/train.jsonl          {"prompt", "response"} or {"messages"}, plus "kind" and "flaw"
+  demos/val.jsonl            the same, on prompts that train demonstrations never use
+  prompts/rl.jsonl           {"prompt", "kind"} for PPO
+  prompts/eval.jsonl         {"prompt", "kind"} held out from demos, RL prompts and the corpus
+  eval/facts.jsonl           {"prompt": "Borin lives in", "answer": "Trask"} one per fact
+
+Every file is a function of the seed and the sizes: the same config writes identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatforge.config import opt, save_config
+from chatforge.errors import ChatforgeError, where
+from chatforge.world import render
+from chatforge.world.facts import World
+from chatforge.world.gold import GoldScorer
+from chatforge.world.labeler import LABELER_FILE, calibrate_noise, expected_agreement, gold_pools
+from chatforge.world.tasks import KINDS
+from chatforge.world.templates import TOWN_POOL
+
+
+@dataclass
+class Config:
+    seed: int = opt(0, "seed of everything written: the same seed and sizes give identical files")
+    out_dir: Path = opt(Path("runs/world"), "folder to write the world's files into")
+    n_people: int = opt(60, "people in the world (5 facts each)")
+    n_towns: int = opt(12, f"towns people live in (at most {len(TOWN_POOL)})")
+    train_docs: int = opt(12000, "pretraining documents in corpus/train.jsonl (about 49 words each)")
+    val_docs: int = opt(600, "held-out pretraining documents in corpus/val.jsonl")
+    doc_mix: dict[str, float] = opt(dict(render.DEFAULT_DOC_MIX),
+                                    "share of each document source: bio (biographies), town, qa (worked examples), filler")
+    task_mix: dict[str, float] = opt(dict(render.DEFAULT_TASK_MIX),
+                                     "share of each task kind in demos, prompts and worked examples: fact, sum, harmful, benign")
+    train_demos: int = opt(4000, "demonstrations in demos/train.jsonl")
+    val_demos: int = opt(200, "demonstrations in demos/val.jsonl (on prompts train demos do not use)")
+    multi_turn_share: float = opt(0.15, "share of demonstrations that are multi-turn chats")
+    wrong_share: float = opt(0.15, "share of demonstrations with a wrong fact or sum, or complying with a harmful request")
+    verbose_share: float = opt(0.30, "share of demonstrations with a right answer padded with filler")
+    unhelpful_share: float = opt(0.10, "share of demonstrations answering 'I am not sure.' or refusing a benign request")
+    rl_prompts: int = opt(2000, "prompts in prompts/rl.jsonl")
+    eval_prompts: int = opt(400, "held-out prompts in prompts/eval.jsonl")
+    labeler_agreement: float = opt(0.73, "pairwise agreement between two simulated labelers (InstructGPT: about 0.73)")
+    calibration_prompts: int = opt(500, "prompts (4-9 varied-quality responses each) the labeler noise is calibrated on")
+
+    def validate(self) -> None:
+        """Raise ChatforgeError naming the field when a value cannot work."""
+        def fail(field: str, message: str):
+            raise ChatforgeError(f"{where('world config', field=field)} {message}")
+
+        if not 1 <= self.n_towns <= len(TOWN_POOL):
+            fail("n_towns", f"must be in 1..{len(TOWN_POOL)}, got {self.n_towns}")
+        if not 1 <= self.n_people <= 2000:
+            fail("n_people", f"must be in 1..2000, got {self.n_people}")
+        for field in ("train_docs", "val_docs", "train_demos", "val_demos", "rl_prompts", "eval_prompts", "calibration_prompts"):
+            if getattr(self, field) < 0:
+                fail(field, f"must not be negative, got {getattr(self, field)}")
+        if self.calibration_prompts < 1:
+            fail("calibration_prompts", "must be at least 1")
+        for field in ("wrong_share", "verbose_share", "unhelpful_share", "multi_turn_share"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                fail(field, f"must be in [0, 1], got {getattr(self, field)}")
+        flaws = self.wrong_share + self.verbose_share + self.unhelpful_share
+        if flaws > 1.0 + 1e-9:
+            fail("wrong_share", f"wrong_share + verbose_share + unhelpful_share must be at most 1, got {flaws:g}")
+        for field, allowed in (("doc_mix", render.DOC_SOURCES), ("task_mix", KINDS)):
+            mix = getattr(self, field)
+            unknown = [key for key in mix if key not in allowed]
+            if unknown:
+                fail(field, f"unknown key(s) {unknown}; expected some of {list(allowed)}")
+            if any(not isinstance(v, (int, float)) or v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+                fail(field, f"shares must be non-negative numbers with a positive sum, got {mix}")
+        if not 0.5 < self.labeler_agreement <= 1.0:
+            fail("labeler_agreement", f"must be in (0.5, 1], got {self.labeler_agreement}")
+
+    @property
+    def flaw_shares(self) -> dict[str, float]:
+        return {"wrong": self.wrong_share, "verbose": self.verbose_share, "unhelpful": self.unhelpful_share}
+
+
+def run(cfg: Config) -> Path:
+    """Generate the world and write all its files into cfg.out_dir; return that folder."""
+    cfg.validate()
+    out = Path(cfg.out_dir)
+
+    # one random stream per file, so resizing one output leaves the others unchanged
+    def rng(stream: str) -> random.Random:
+        return random.Random(f"{cfg.seed}:{stream}")
+
+    world = World.generate(cfg.seed, cfg.n_people, cfg.n_towns)
+    split = render.split_prompts(world, rng("split"), cfg.task_mix, cfg.eval_prompts, cfg.val_demos)
+    val_pools = {kind: [t for t in split.demo_val if t.kind == kind] for kind in KINDS}
+
+    train_corpus = render.corpus_documents(world, cfg.train_docs, rng("corpus/train"), split.train, cfg.doc_mix, cfg.task_mix)
+    val_corpus = render.corpus_documents(world, cfg.val_docs, rng("corpus/val"), split.train, cfg.doc_mix, cfg.task_mix,
+                                         exclude={doc["text"] for doc in train_corpus}, cloze_first=False)
+    demo_args = dict(task_mix=cfg.task_mix, flaw_shares=cfg.flaw_shares, multi_turn_share=cfg.multi_turn_share)
+    files = {
+        "corpus/train.jsonl": train_corpus,
+        "corpus/val.jsonl": val_corpus,
+        "demos/train.jsonl": render.demonstrations(world, split.train, cfg.train_demos, rng("demos/train"), **demo_args),
+        "demos/val.jsonl": render.demonstrations(world, val_pools, cfg.val_demos, rng("demos/val"), **demo_args)
+        if cfg.val_demos else [],
+        "prompts/rl.jsonl": render.rl_prompts(split.train, cfg.rl_prompts, rng("prompts/rl"), cfg.task_mix),
+        "prompts/eval.jsonl": render.eval_prompts(split.eval),
+        "eval/facts.jsonl": render.fact_clozes(world),
+    }
+
+    # the labeler's noise, calibrated on response pools like those the reward-model stage ranks
+    scorer = GoldScorer(world)
+    pools = render.response_pools(world, split.train, cfg.calibration_prompts, rng("labeler"),
+                                  flaw_shares=cfg.flaw_shares, task_mix=cfg.task_mix)
+    scores = gold_pools(scorer, pools)
+    labeler = {"agreement": cfg.labeler_agreement, "noise": calibrate_noise(scores, cfg.labeler_agreement),
+               "agreement_at_zero_noise": expected_agreement(scores, 0.0), "calibration_prompts": len(pools)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    world.save(out / "world.json")
+    (out / LABELER_FILE).write_text(json.dumps(labeler, indent=1) + "\n")
+    save_config(cfg, out / "config.yaml")
+    for name, records in files.items():
+        write_jsonl(out / name, records)
+    print(summary(world, files, labeler, out))
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON object per line (UTF-8), creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def summary(world: World, files: dict[str, list[dict]], labeler: dict, out: Path) -> str:
+    """A few lines: what was written, how big, the labeler's noise."""
+    lines = [f"world: {len(world.people)} people, {len(world.facts())} facts, {len(world.values['town'])} towns -> {out}"]
+    for name, records in files.items():
+        line = f"  {name:<20} {len(records):>6} records"
+        if name.startswith("corpus/"):
+            line += f"  {sum(len(r['text'].split()) for r in records):>9,} words"
+        if name.startswith("demos/") and records:
+            flaws = Counter(r["flaw"] for r in records)
+            multi = sum("messages" in r for r in records)
+            line += f"  ({multi} multi-turn; " + ", ".join(f"{f} {flaws[f] / len(records):.0%}" for f in sorted(flaws)) + ")"
+        lines.append(line)
+    lines.append(f"  labeler: noise {labeler['noise']:.3f} gives agreement {labeler['agreement']:.2f} "
+                 f"(at most {labeler['agreement_at_zero_noise']:.2f}, from tied gold scores)")
+    return "\n".join(lines)
