@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from chatforge.models.io import quiet_transformers
+
 STATE_FILE = "train_state.json"
 TRAINER_FILE = "trainer_state.pt"
 
@@ -30,6 +32,7 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    quiet_transformers()
     getattr(model, "module", model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

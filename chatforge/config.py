@@ -36,12 +36,42 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+@dataclasses.dataclass
+class _CommandLineValue:
+    """A `key=value` from the command line: the raw text, and the text read as YAML."""
+
+    raw: str
+    parsed: Any
+
+
+def _unwrap(value):
+    """Command-line values nested in a free-form mapping, read as YAML."""
+    if isinstance(value, _CommandLineValue):
+        return value.parsed
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    return value
+
+
+def _wants_raw_text(tp) -> bool:
+    """True when a field takes a plain string, so `prompt=Q: hi` stays text instead of becoming a mapping."""
+    if tp in (str, Path):
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(arg in (str, Path) for arg in typing.get_args(tp))
+    return False
+
+
 def _coerce(value: Any, tp, where: str):
     """Check `value` against the annotation `tp`, converting only where it is lossless (int -> float, str -> Path)."""
+    if isinstance(value, _CommandLineValue):
+        # a list or null still parses as YAML ("files=[a, b]", "seed=null"); other text stays as typed
+        keep_text = _wants_raw_text(tp) and not isinstance(value.parsed, list) and value.parsed is not None
+        value = value.raw if keep_text else value.parsed
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        return value
+        return _unwrap(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -63,10 +93,10 @@ def _coerce(value: Any, tp, where: str):
             raise ChatforgeError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
         return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ChatforgeError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        return _unwrap(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ChatforgeError(f"{where}: expected true or false, got {value!r}")
@@ -114,7 +144,7 @@ def _parse_override(item: str):
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    return key.strip(), _CommandLineValue(raw, value)
 
 
 def _set_dotted(values: dict, key: str, value):
@@ -148,18 +178,21 @@ def read_yaml(path: str | Path) -> tuple[dict, dict]:
     return values, lines
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple = ()):
-    """Build `cls` from an optional YAML file and `key=value` overrides (overrides win)."""
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple | dict = ()):
+    """Build `cls` from an optional YAML file and overrides (`key=value` strings or a dict; they win)."""
     values, sources, where = {}, {}, "command line"
     if path is not None:
         values, lines = read_yaml(path)
         where = str(path)
         sources = {key: f"{path}:{line}" for key, line in lines.items()}
-    # overrides win over the file; an error in one is reported against the command line
-    for item in overrides:
-        key, value = _parse_override(item)
+    # overrides win over the file; an error in one is reported against where it came from
+    if isinstance(overrides, dict):
+        pairs, origin = list(overrides.items()), "overrides"
+    else:
+        pairs, origin = [_parse_override(item) for item in overrides], "command line"
+    for key, value in pairs:
         _set_dotted(values, key, value)
-        sources[key.split(".")[0]] = "command line"
+        sources[key.split(".")[0]] = origin
     try:
         cfg = _build(cls, values, sources, where)
     except TypeError as exc:  # a required field is missing

@@ -69,3 +69,16 @@ def test_validate_runs_and_bad_yaml(tmp_path):
 def test_help_lists_fields():
     text = config_help(Sample)
     assert "steps (int, default 10)" in text and "a rate" in text
+
+
+@dataclass
+class Prompted:
+    prompt: str | list[str] | None = opt(None, "prompt text")
+    mapping: dict = opt({}, "free mapping")
+
+
+def test_command_line_text_stays_text():
+    assert load_config(Prompted, None, ["prompt=Q: hi"]).prompt == "Q: hi"
+    assert load_config(Prompted, None, ["prompt=yes"]).prompt == "yes"
+    assert load_config(Prompted, None, ["prompt=[a, b]"]).prompt == ["a", "b"]
+    assert load_config(Prompted, None, ["mapping.depth=2", "mapping.on=true"]).mapping == {"depth": 2, "on": True}

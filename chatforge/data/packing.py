@@ -17,8 +17,7 @@ import torch
 
 from chatforge.data.corpus import iter_documents
 from chatforge.errors import ChatforgeError
-
-IGNORE_INDEX = -100
+from chatforge.losses import IGNORE_INDEX
 
 
 def token_stream(paths, tokenizer, text_field: str, docs_per_batch: int = 256) -> Iterator[list[int]]:

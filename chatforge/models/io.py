@@ -14,6 +14,13 @@ from chatforge.errors import ChatforgeError
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers: our own bars and errors stay readable."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def check_model_dir(path: str | os.PathLike) -> Path:
     """Raise a ChatforgeError unless `path` is a local HF model folder (config.json + safetensors)."""
     path = Path(path)
@@ -47,6 +54,7 @@ def load_causal_lm(path, dtype: torch.dtype | None = None, device: str | torch.d
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path)
+    quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
@@ -87,6 +95,7 @@ def save_hf_folder(model, tokenizer, path, extra_files: dict[str, str] | None = 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    quiet_transformers()
     unwrapped = getattr(model, "module", model)
     unwrapped.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, save_config, to_dict
 from chatforge.data.corpus import corpus_files
-from chatforge.data.packing import IGNORE_INDEX, PackedBlocks, validation_batches
+from chatforge.data.packing import PackedBlocks, validation_batches
 from chatforge.errors import ChatforgeError
+from chatforge.losses import IGNORE_INDEX, token_cross_entropy
 from chatforge.metrics import MetricsLogger
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
@@ -112,7 +112,7 @@ def build_model(cfg: Config, tokenizer):
 def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX."""
     logits = model(input_ids=inputs, use_cache=False).logits  # (batch, seq, vocab)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    return token_cross_entropy(logits, targets)
 
 
 @torch.no_grad()
