@@ -16,6 +16,7 @@ COMMANDS = {
     "world": ("chatforge.world.stage", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
     "tokenizer": ("chatforge.stages.tokenizer", "train a byte-level BPE tokenizer with chat special tokens"),
     "pretrain": ("chatforge.stages.pretrain", "pretrain (or continue) a decoder-only causal LM"),
+    "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best checkpoint by answer score"),
     "generate": ("chatforge.stages.generate", "sample from any causal-LM folder (greedy, beam, sampling)"),
     "demo": ("chatforge.demo", "the built-in end-to-end run on CPU, writing runs/demo/report.{md,json}"),
 }

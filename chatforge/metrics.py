@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 
 class MetricsLogger:
@@ -62,3 +65,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress_bar(total: int, desc: str, initial: int = 0) -> tqdm:
+    """A tqdm bar; redrawn at most every 30 s when stderr is not a terminal (CI logs stay short)."""
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30.0)

@@ -39,3 +39,27 @@ def toy_tokenizer_dir(toy_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenizer")
     stage.run(stage.Config(corpus=[str(toy_corpus[0])], out_dir=str(out), vocab_size=300))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world_base(tmp_path_factory):
+    """A small built-in world, its tokenizer and a 2-layer base model pretrained for a few steps.
+
+    Returns (world_dir, base_model_dir). Shared by the SFT / RM tests; the model is untrained-ish,
+    so tests check mechanics (files, metrics, selection), not quality.
+    """
+    from chatforge.stages import pretrain, tokenizer
+    from chatforge.world import stage as world_stage
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    world_dir = world_stage.run(world_stage.Config(
+        out_dir=root / "world", n_people=8, n_towns=4, train_docs=400, val_docs=40, train_demos=120,
+        val_demos=20, rl_prompts=40, eval_prompts=20, calibration_prompts=30))
+    train, val = str(world_dir / "corpus" / "train.jsonl"), str(world_dir / "corpus" / "val.jsonl")
+    tokenizer.run(tokenizer.Config(corpus=[train], out_dir=str(root / "tok"), vocab_size=512))
+    base = pretrain.run(pretrain.Config(
+        corpus=[train], val_corpus=[val], tokenizer=str(root / "tok"), out_dir=str(root / "base"),
+        model_overrides={"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                         "num_attention_heads": 4},
+        seq_len=128, batch_size=8, max_steps=20, warmup_steps=2, eval_every=0, save_every=0, tensorboard=False))
+    return world_dir, base

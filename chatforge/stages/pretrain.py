@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, save_config, to_dict
@@ -26,7 +25,7 @@ from chatforge.data.corpus import corpus_files
 from chatforge.data.packing import PackedBlocks, validation_batches
 from chatforge.errors import ChatforgeError
 from chatforge.losses import IGNORE_INDEX, token_cross_entropy
-from chatforge.metrics import MetricsLogger
+from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -168,7 +167,7 @@ def run(cfg: Config) -> Path:
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     bad_steps, last_val = 0, None
     window_start, window_tokens = time.perf_counter(), 0
-    progress = tqdm(total=cfg.max_steps, initial=state["step"], desc="pretrain", unit="step", dynamic_ncols=True)
+    progress = progress_bar(cfg.max_steps, "pretrain", state["step"])
     while state["step"] < cfg.max_steps:
         step_loss = 0.0
         for _ in range(cfg.grad_accum):

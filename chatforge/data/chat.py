@@ -1,0 +1,121 @@
+"""Chats -> token ids with a loss mask on assistant tokens, and packing of several chats per sequence.
+
+The mask is found by rendering growing prefixes of the chat with the tokenizer's own chat template,
+so it works for any template (no `{% generation %}` markers needed): the tokens between "everything
+before assistant turn i, plus the assistant header" and "everything up to the end of turn i" are
+turn i's, its end-of-turn token included (the model must learn to stop).
+
+Packed rows restart position ids at every example and carry no attention mask; transformers then
+builds a block-diagonal causal mask from the position ids, so no attention (and, since the last token
+of each example has no target, no loss) crosses from one example into the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from chatforge.data.formats import ReadStats, fit_to_context
+from chatforge.errors import ChatforgeError
+from chatforge.losses import IGNORE_INDEX
+
+
+@dataclass
+class TokenizedChat:
+    """One chat as token ids, with 1 in `loss_mask` where the SFT loss counts the token."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    source: str = ""
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def chat_prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a prompt (a user message or a list of messages) followed by the assistant header."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return _render(tokenizer, messages, add_generation_prompt=True)
+
+
+def tokenize_chat(tokenizer, messages: list[dict], source: str = "") -> TokenizedChat:
+    """Token ids of the whole chat and a mask that is 1 on every assistant turn's tokens."""
+    input_ids = _render(tokenizer, messages)
+    loss_mask = [0] * len(input_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else \
+            _render(tokenizer, [], add_generation_prompt=True)
+        through = _render(tokenizer, messages[: i + 1])
+        if input_ids[: len(through)] != through or through[: len(before)] != before:
+            raise ChatforgeError(
+                f"{source}: the tokenizer's chat template renders a chat's prefix differently from the "
+                "chat itself, so assistant tokens cannot be located; use a template whose output for "
+                "messages[:i] is a prefix of its output for messages")
+        for position in range(len(before), len(through)):
+            loss_mask[position] = 1
+    return TokenizedChat(input_ids, loss_mask, source)
+
+
+def fit_chat(chat: TokenizedChat, max_len: int, too_long: str, stats: ReadStats) -> TokenizedChat | None:
+    """Apply the length rule to a tokenized chat: the last assistant turn stays whole; counted in stats."""
+    if 1 not in chat.loss_mask:
+        stats.skip("no assistant tokens")
+        return None
+    last_start = len(chat.loss_mask) - 1
+    while last_start > 0 and chat.loss_mask[last_start - 1] == 1:
+        last_start -= 1
+    # the last assistant turn starts where the final run of 1s in the mask starts
+    while last_start > 0 and chat.loss_mask[last_start] == 0:
+        last_start += 1
+    fit = fit_to_context(last_start, len(chat.input_ids) - last_start, max_len, too_long)
+    if not stats.count_fit(fit):
+        return None
+    cut = len(chat.input_ids) - max_len
+    if cut <= 0:
+        return chat
+    return TokenizedChat(chat.input_ids[cut:], chat.loss_mask[cut:], chat.source)
+
+
+def pack(chats: list[TokenizedChat], max_len: int) -> list[list[int]]:
+    """First-fit-decreasing bins of chat indices, each bin at most max_len tokens."""
+    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].input_ids))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        size = len(chats[index].input_ids)
+        for b, free in enumerate(room):
+            if size <= free:
+                bins[b].append(index)
+                room[b] -= size
+                break
+        else:
+            bins.append([index])
+            room.append(max_len - size)
+    return bins
+
+
+def collate(rows: list[list[TokenizedChat]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Rows of one or more chats -> input_ids, labels, position_ids, each (batch, longest row).
+
+    labels[t] is the token at t + 1 when that token is in the loss mask and belongs to the same chat.
+    """
+    width = max(sum(len(c.input_ids) for c in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for chat in row:
+            n = len(chat.input_ids)
+            ids = torch.tensor(chat.input_ids)
+            input_ids[r, start:start + n] = ids
+            position_ids[r, start:start + n] = torch.arange(n)
+            targets = torch.where(torch.tensor(chat.loss_mask[1:]) == 1, ids[1:], IGNORE_INDEX)
+            labels[r, start:start + n - 1] = targets
+            start += n
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}

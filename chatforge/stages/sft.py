@@ -1,0 +1,267 @@
+"""Stage 3: supervised fine-tuning on demonstrations (prompt -> response, or multi-turn chats).
+
+The LM loss counts assistant tokens only (every assistant turn of a chat, its end-of-turn token
+included). Several chats are packed into one sequence with position ids restarting per chat, so no
+attention or loss crosses between them. Each epoch ends with the validation loss AND the score of
+the model's own answers to held-out prompts (the built-in world's gold scorer, or a reward model),
+and the checkpoint kept as `best/` is the best by that score, not by loss: InstructGPT found SFT
+overfits on validation loss after one epoch while the answers keep getting better.
+
+    out_dir/metrics.jsonl, tensorboard/    loss, lr, tokens/s; per epoch val loss and answer score
+    out_dir/checkpoints/step_N/            resume points (end of each epoch)
+    out_dir/best/                          the selected model (LoRA merged): a plain HF folder
+    out_dir/summary.json                   per-epoch numbers and the chosen epoch
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge.config import opt, save_config, to_dict
+from chatforge.data.chat import TokenizedChat, collate, fit_chat, pack, tokenize_chat
+from chatforge.data.formats import ReadStats, data_files, read_demonstrations
+from chatforge.errors import ChatforgeError
+from chatforge.eval.answers import chat_answers
+from chatforge.eval.judges import load_judge
+from chatforge.generation import SamplingParams, context_length
+from chatforge.losses import token_cross_entropy
+from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
+from chatforge.models.trainable import configure_trainable, plain_model
+from chatforge.optim import build_optimizer, warmup_cosine
+from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+
+
+@dataclass
+class Config:
+    model: str = opt("", "pretrained model folder to start from (any HF causal LM)")
+    train_data: list[str] = opt([], "demonstration files/folders (.jsonl, .parquet, datasets folder)")
+    val_data: list[str] = opt([], "held-out demonstrations for the validation loss")
+    out_dir: str = opt("runs/sft", "run folder")
+    max_len: int = opt(0, "longest training sequence in tokens (0 = the model's context)")
+    too_long: Literal["truncate_prompt", "drop"] = opt(
+        "truncate_prompt", "a chat longer than max_len: cut its start (keeping the last response whole) or drop it")
+    packing: bool = opt(True, "pack several chats into one sequence (position ids restart per chat)")
+    epochs: int = opt(4, "passes over the demonstrations (InstructGPT: 16)")
+    batch_size: int = opt(8, "sequences per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    learning_rate: float = opt(1e-4, "peak learning rate")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a share of the peak (cosine decay)")
+    warmup_ratio: float = opt(0.05, "share of the steps spent warming up")
+    weight_decay: float = opt(0.0, "AdamW weight decay on matrices")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    freeze_layers: int = opt(0, "freeze the embeddings and this many lowest layers")
+    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); the saved model has the adapters merged")
+    lora_alpha: float = opt(16.0, "LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_targets: str = opt("all-linear", "modules that get adapters (PEFT target_modules)")
+    eval_prompts: str = opt("", 'JSONL of {"prompt": ...} whose answers are scored each epoch')
+    eval_max_prompts: int = opt(200, "score at most this many eval prompts")
+    gold_world: str = opt("", "built-in world folder: score answers with its gold scorer")
+    reward_model: str = opt("", "reward-model folder: score answers with it (when there is no gold_world)")
+    eval_max_new_tokens: int = opt(48, "longest answer generated for scoring")
+    eval_temperature: float = opt(0.0, "0 = greedy answers for scoring; > 0 samples at this temperature")
+    log_every: int = opt(10, "steps between metric lines")
+    keep_last: int = opt(1, "resume checkpoints kept")
+    resume: bool = opt(True, "continue from the newest checkpoint in out_dir if there is one")
+    seed: int = opt(0, "seed for data order and sampling")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
+    dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    tensorboard: bool = opt(True, "also write TensorBoard event files")
+    wandb_project: str = opt("", "log to this Weights & Biases project too (needs wandb)")
+
+    def validate(self):
+        """Check everything that can be checked before a model is loaded."""
+        if not self.model:
+            raise ChatforgeError("sft: field 'model' is empty; give the pretrained model folder")
+        check_model_dir(self.model)
+        if not self.train_data:
+            raise ChatforgeError("sft: field 'train_data' is empty; give demonstration files")
+        data_files(self.train_data)
+        if self.val_data:
+            data_files(self.val_data)
+        if self.eval_prompts and not Path(self.eval_prompts).is_file():
+            raise ChatforgeError(f"{self.eval_prompts}: field 'eval_prompts': file does not exist")
+        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ChatforgeError(f"sft: field '{name}' must be >= 1, got {getattr(self, name)}")
+
+
+def load_chats(paths, tokenizer, max_len: int, too_long: str, what: str) -> list[TokenizedChat]:
+    """Read, tokenize and length-check demonstrations; print what was kept and skipped."""
+    demos, stats = read_demonstrations(paths)
+    chats = []
+    for demo in demos:
+        chat = fit_chat(tokenize_chat(tokenizer, demo.messages, demo.source), max_len, too_long, stats)
+        if chat is not None:
+            chats.append(chat)
+    print(f"sft: {what}: {stats.summary()}")
+    if not chats:
+        raise ChatforgeError(f"sft: no {what} demonstration fits in {max_len} tokens ({paths})")
+    return chats
+
+
+def make_rows(chats: list[TokenizedChat], max_len: int, packing: bool) -> list[list[TokenizedChat]]:
+    """Sequences of one chat each, or chats packed up to max_len tokens."""
+    if not packing:
+        return [[chat] for chat in chats]
+    return [[chats[i] for i in row] for row in pack(chats, max_len)]
+
+
+def batch_loss(model, batch: dict, device) -> torch.Tensor:
+    """Mean loss over the batch's assistant tokens."""
+    logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                   use_cache=False).logits  # (batch, seq, vocab)
+    return token_cross_entropy(logits, batch["labels"].to(device))
+
+
+@torch.no_grad()
+def validation_loss(model, rows, batch_size: int, pad_id: int, device, amp_dtype) -> float:
+    """Mean loss per assistant token over the validation chats."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start:start + batch_size], pad_id)
+        n = int((batch["labels"] != -100).sum())
+        with autocast(device, amp_dtype):
+            total += batch_loss(model, batch, device).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def read_prompts(path: str, limit: int) -> list:
+    """The `prompt` of each line of a JSONL file (a string or a list of messages)."""
+    prompts = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if line.strip():
+            record = json.loads(line)
+            if not isinstance(record, dict) or "prompt" not in record:
+                raise ChatforgeError(f"{path}:{number}: field 'prompt' is missing")
+            prompts.append(record["prompt"])
+    return prompts[:limit] if limit else prompts
+
+
+def answer_score(model, tokenizer, judge, prompts, cfg: Config) -> float:
+    """Mean judge score of the model's answers to `prompts`."""
+    params = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, do_sample=cfg.eval_temperature > 0,
+                            temperature=cfg.eval_temperature or 1.0, seed=cfg.seed)
+    answers = chat_answers(model, tokenizer, prompts, params).texts
+    scores = judge(prompts, answers)
+    return sum(scores) / len(scores)
+
+
+def run(cfg: Config) -> Path:
+    """Fine-tune on demonstrations; return the folder of the checkpoint that scored best."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(cfg.model)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; SFT needs one to render chats")
+
+    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    model = load_causal_lm(resume_from or cfg.model)
+    max_len = cfg.max_len or context_length(model) or 2048
+    if context_length(model) and max_len > context_length(model):
+        raise ChatforgeError(f"sft: max_len {max_len} exceeds the model's context {context_length(model)}")
+    model = configure_trainable(model, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                cfg.lora_targets).to(device)
+    model.train()
+    save_config(cfg, out_dir / "config.yaml")
+
+    train_rows = make_rows(load_chats(cfg.train_data, tokenizer, max_len, cfg.too_long, "train"), max_len, cfg.packing)
+    val_rows = (make_rows(load_chats(cfg.val_data, tokenizer, max_len, cfg.too_long, "val"), max_len, cfg.packing)
+                if cfg.val_data else [])
+    judge = load_judge(cfg.gold_world, cfg.reward_model, device)
+    eval_prompts = read_prompts(cfg.eval_prompts, cfg.eval_max_prompts) if cfg.eval_prompts and judge else []
+    pad_id = tokenizer.pad_token_id
+
+    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(max(1, int(cfg.warmup_ratio * total_steps)), total_steps, cfg.min_lr_ratio))
+    state = {"step": 0, "epoch": 0, "epochs": [], "best_epoch": None, "best_key": None}
+    if resume_from is not None:
+        state.update(load_trainer_state(resume_from, optimizer, scheduler))
+        print(f"sft: resuming after epoch {state['epoch']} from {resume_from}")
+    logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg))
+    print(f"sft: {len(train_rows)} training sequences ({'packed' if cfg.packing else 'one chat each'}, "
+          f"max {max_len} tokens), {steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
+
+    progress = progress_bar(total_steps, "sft", state["step"])
+    window_start, window_tokens = time.perf_counter(), 0
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        order = list(range(len(train_rows)))
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        per_step = cfg.batch_size * cfg.grad_accum
+        for first in range(0, len(order), per_step):
+            step_rows = [train_rows[i] for i in order[first:first + per_step]]
+            step_loss = 0.0
+            micro_batches = [step_rows[i:i + cfg.batch_size] for i in range(0, len(step_rows), cfg.batch_size)]
+            for rows in micro_batches:
+                batch = collate(rows, pad_id)
+                with autocast(device, amp_dtype):
+                    loss = batch_loss(model, batch, device) / len(micro_batches)
+                loss.backward()
+                step_loss += loss.item()
+                window_tokens += int(batch["position_ids"].numel())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
+                progress.write(f"sft: step {state['step']}: non-finite loss or gradient, step skipped")
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            progress.update(1)
+            if state["step"] % cfg.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                rate = window_tokens / max(elapsed, 1e-9)
+                window_start, window_tokens = time.perf_counter(), 0
+                logger.log(state["step"], {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
+                                           "train/grad_norm": float(grad_norm), "train/tokens_per_s": rate})
+                progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:,.0f}")
+
+        # end of epoch: validation loss, then the answers' score, which picks the checkpoint
+        record = {"epoch": epoch + 1, "step": state["step"]}
+        if val_rows:
+            record["val_loss"] = validation_loss(model, val_rows, cfg.batch_size, pad_id, device, amp_dtype)
+        if eval_prompts:
+            record["score"] = answer_score(model, tokenizer, judge, eval_prompts, cfg)
+        logger.log(state["step"], {f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")})
+        progress.write("sft: epoch {epoch}: {rest}".format(epoch=epoch + 1, rest=", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step"))))
+        key = record.get("score", -record.get("val_loss", 0.0))  # higher is better
+        state["epochs"].append(record)
+        state["epoch"] = epoch + 1
+        if state["best_key"] is None or key > state["best_key"] or not (eval_prompts or val_rows):
+            state["best_key"], state["best_epoch"] = key, epoch + 1
+            save_hf_folder(plain_model(model), tokenizer, out_dir / "best")
+        save_checkpoint(out_dir, state["step"], plain_model(model), tokenizer, optimizer, scheduler,
+                        {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
+    progress.close()
+    logger.close()
+
+    summary = {"epochs": state["epochs"], "best_epoch": state["best_epoch"],
+               "selected_by": "score" if eval_prompts else ("val_loss" if val_rows else "last epoch"),
+               "judge": getattr(judge, "name", None)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"sft: best epoch {state['best_epoch']} by {summary['selected_by']} -> {out_dir / 'best'}")
+    return out_dir / "best"

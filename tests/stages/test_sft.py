@@ -1,0 +1,48 @@
+import json
+
+from transformers import AutoModelForCausalLM
+
+from chatforge.cli import main
+from chatforge.metrics import read_metrics
+from chatforge.stages import sft
+
+
+def sft_config(world_dir, base, out_dir, **overrides):
+    fields = dict(model=str(base), train_data=[str(world_dir / "demos" / "train.jsonl")],
+                  val_data=[str(world_dir / "demos" / "val.jsonl")], out_dir=str(out_dir), epochs=2,
+                  batch_size=4, learning_rate=3e-3, eval_prompts=str(world_dir / "prompts" / "eval.jsonl"),
+                  eval_max_prompts=8, gold_world=str(world_dir), eval_max_new_tokens=8, log_every=2, tensorboard=False)
+    fields.update(overrides)
+    return sft.Config(**fields)
+
+
+def test_sft_runs_selects_by_score_and_saves_a_plain_folder(tiny_world_base, tmp_path):
+    world_dir, base = tiny_world_base
+    best = sft.run(sft_config(world_dir, base, tmp_path / "sft"))
+    AutoModelForCausalLM.from_pretrained(best)
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert summary["selected_by"] == "score" and summary["judge"] == "gold"
+    scores = [e["score"] for e in summary["epochs"]]
+    assert len(scores) == 2 and summary["best_epoch"] == 1 + scores.index(max(scores))
+    assert all("val_loss" in e for e in summary["epochs"])
+    losses = [m["train/loss"] for m in read_metrics(tmp_path / "sft") if "train/loss" in m]
+    assert losses and losses[-1] < losses[0]
+
+
+def test_sft_lora_and_frozen_layers_save_merged_models(tiny_world_base, tmp_path):
+    world_dir, base = tiny_world_base
+    best = sft.run(sft_config(world_dir, base, tmp_path / "lora", epochs=1, lora_r=4, freeze_layers=1,
+                              eval_prompts=""))
+    model = AutoModelForCausalLM.from_pretrained(best)
+    assert not any("lora" in name for name in model.state_dict())
+
+
+def test_sft_bad_inputs_are_clean_errors(tiny_world_base, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "response": "ok"}\n{"messages": [{"role": "bot", "content": "x"}]}\n')
+    assert main(["sft", f"model={base}", f"train_data=[{bad}]", f"out_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "bot" in err
+    assert main(["sft", f"model={world_dir}", f"train_data=[{bad}]"]) == 2
+    assert "not a model folder" in capsys.readouterr().err
