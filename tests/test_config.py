@@ -35,6 +35,7 @@ def test_yaml_and_overrides(tmp_path):
     path.write_text("name: hello\nsteps: 3\nrate: 1\nfiles: [a, b]\ninner: {depth: 4}\n")
     cfg = load_config(Sample, path, ["steps=7", "flag=true", "mode=b", "extra.k=1", "inner.depth=5"])
     assert cfg.name == "hello" and cfg.steps == 7 and cfg.rate == 1.0 and isinstance(cfg.rate, float)
+    assert load_config(Sample, None, ["rate=1e-3"]).rate == 0.001
     assert cfg.flag is True and cfg.files == ["a", "b"] and cfg.mode == "b"
     assert cfg.extra == {"k": 1} and cfg.inner.depth == 5 and cfg.out == Path("runs")
 

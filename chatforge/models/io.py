@@ -59,8 +59,9 @@ def load_causal_lm(path, dtype: torch.dtype | None = None, device: str | torch.d
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
         )
-    except (ValueError, OSError, KeyError) as exc:
-        raise ChatforgeError(f"{path}: transformers could not load it as a causal LM: {exc}") from None
+    except Exception as exc:  # corrupt weights, unknown architecture, ...: name the folder, not a stack
+        raise ChatforgeError(f"{path}: transformers could not load it as a causal LM: "
+                             f"{type(exc).__name__}: {exc}") from None
     if device is not None:
         model.to(device)
     return model

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from chatforge.config import opt
+from chatforge.data.chat import chat_prompt_ids
 from chatforge.errors import ChatforgeError, where
 from chatforge.generation import GenerationResult, SamplingParams, context_length, generate
 from chatforge.models.io import load_causal_lm, load_tokenizer
@@ -99,10 +100,7 @@ def encode(tokenizer, text: str, chat: bool, model_dir: str) -> list[int]:
             f"{model_dir}: the tokenizer has no chat template; use chat=false for a base model "
             "(raw text / few-shot prompts)"
         )
-    templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              tokenize=False)
-    # the template already holds every special token it wants (no second BOS)
-    return tokenizer(templated, add_special_tokens=False)["input_ids"]
+    return chat_prompt_ids(tokenizer, text)
 
 
 def run(cfg: Config) -> GenerationResult:

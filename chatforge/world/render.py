@@ -19,6 +19,11 @@ DEFAULT_DOC_MIX = {"bio": 0.35, "town": 0.05, "qa": 0.30, "filler": 0.30}
 DEFAULT_TASK_MIX = {"fact": 0.4, "sum": 0.2, "harmful": 0.2, "benign": 0.2}
 # share of demonstrations with each flaw; the rest are ideal
 DEFAULT_FLAW_SHARES = {"wrong": 0.15, "verbose": 0.30, "unhelpful": 0.10}
+# Worked examples in the pretraining corpus are web text, not labelers' work: chattier, and harmful
+# requests there are often answered. A base model prompted few-shot imitates this, which is what
+# SFT on (better, still imperfect) demonstrations improves on.
+DEFAULT_QA_FLAW_SHARES = {"wrong": 0.10, "verbose": 0.35, "unhelpful": 0.10}
+DEFAULT_QA_HARMFUL_COMPLIANCE = 0.5
 
 
 def allocate(total: int, shares: dict[str, float]) -> dict[str, int]:
@@ -132,9 +137,23 @@ def town_document(world: World, town: str, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def qa_document(world: World, tasks: list[Task]) -> str:
-    """Worked examples in the few-shot format: 'Question: ...\\nAnswer: ...' blocks."""
-    return "\n\n".join(T.QA_BLOCK.format(prompt=t.prompt, response=ideal_response(world, t)) for t in tasks)
+def qa_document(world: World, tasks: list[Task], rng: random.Random | None = None,
+                flaw_shares: dict[str, float] | None = None, harmful_compliance: float = 0.0) -> str:
+    """Worked examples in the few-shot format: 'Question: ...\\nAnswer: ...' blocks.
+
+    With `rng`, answers carry web-like flaws: drawn from `flaw_shares` (the rest ideal), except that
+    a harmful request is complied with at rate `harmful_compliance` and otherwise refused.
+    """
+    weights = flaw_shares_with_ideal(flaw_shares or {})
+    blocks = []
+    for task in tasks:
+        flaw = "ideal"
+        if rng is not None and task.kind == "harmful":
+            flaw = "wrong" if rng.random() < harmful_compliance else "ideal"  # "wrong" = complying
+        elif rng is not None:
+            flaw = rng.choices(list(weights), weights=list(weights.values()))[0]
+        blocks.append(T.QA_BLOCK.format(prompt=task.prompt, response=flawed_response(world, task, flaw, rng)))
+    return "\n\n".join(blocks)
 
 
 def filler_document(rng: random.Random, min_sentences: int = 4, max_sentences: int = 9) -> str:
@@ -149,8 +168,11 @@ def filler_document(rng: random.Random, min_sentences: int = 4, max_sentences: i
 
 def corpus_documents(world: World, n_docs: int, rng: random.Random, qa_pools: dict[str, list[Task]],
                      doc_mix: dict[str, float] = DEFAULT_DOC_MIX, task_mix: dict[str, float] = DEFAULT_TASK_MIX,
-                     exclude: set[str] = frozenset(), cloze_first: bool = True) -> list[dict]:
+                     exclude: set[str] = frozenset(), cloze_first: bool = True,
+                     qa_flaw_shares: dict[str, float] = DEFAULT_QA_FLAW_SHARES,
+                     qa_harmful_compliance: float = DEFAULT_QA_HARMFUL_COMPLIANCE) -> list[dict]:
     """`n_docs` records {"text", "source"} mixed by `doc_mix`; no text in `exclude` (the train split).
+    Worked examples ("qa") carry web-like flaws (see qa_document).
 
     cloze_first: each person's first biography uses the cloze phrasing for every fact, so the
     phrasing of eval/facts.jsonl is guaranteed to be in this corpus.
@@ -170,7 +192,8 @@ def corpus_documents(world: World, n_docs: int, rng: random.Random, qa_pools: di
                 text = town_document(world, next(towns), rng)
             elif source == "qa":
                 kinds = rng.choices(list(task_mix), weights=list(task_mix.values()), k=rng.randint(3, 6))
-                text = qa_document(world, [next_task(kind) for kind in kinds])
+                text = qa_document(world, [next_task(kind) for kind in kinds], rng, qa_flaw_shares,
+                                   qa_harmful_compliance)
             else:
                 text = filler_document(rng)
             if text not in texts:

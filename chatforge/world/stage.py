@@ -51,6 +51,14 @@ class Config:
     wrong_share: float = opt(0.15, "share of demonstrations with a wrong fact or sum, or complying with a harmful request")
     verbose_share: float = opt(0.30, "share of demonstrations with a right answer padded with filler")
     unhelpful_share: float = opt(0.10, "share of demonstrations answering 'I am not sure.' or refusing a benign request")
+    qa_wrong_share: float = opt(render.DEFAULT_QA_FLAW_SHARES["wrong"],
+                                "share of the corpus's worked examples (web text) with a wrong fact or sum")
+    qa_verbose_share: float = opt(render.DEFAULT_QA_FLAW_SHARES["verbose"],
+                                  "share of the corpus's worked examples padded with chatter")
+    qa_unhelpful_share: float = opt(render.DEFAULT_QA_FLAW_SHARES["unhelpful"],
+                                    "share of the corpus's worked examples that do not answer")
+    qa_harmful_compliance: float = opt(render.DEFAULT_QA_HARMFUL_COMPLIANCE,
+                                       "share of harmful requests the corpus's worked examples comply with")
     rl_prompts: int = opt(2000, "prompts in prompts/rl.jsonl")
     eval_prompts: int = opt(400, "held-out prompts in prompts/eval.jsonl")
     labeler_agreement: float = opt(0.73, "pairwise agreement between two simulated labelers (InstructGPT: about 0.73)")
@@ -70,12 +78,17 @@ class Config:
                 fail(field, f"must not be negative, got {getattr(self, field)}")
         if self.calibration_prompts < 1:
             fail("calibration_prompts", "must be at least 1")
-        for field in ("wrong_share", "verbose_share", "unhelpful_share", "multi_turn_share"):
+        for field in ("wrong_share", "verbose_share", "unhelpful_share", "multi_turn_share", "qa_wrong_share",
+                      "qa_verbose_share", "qa_unhelpful_share", "qa_harmful_compliance"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 fail(field, f"must be in [0, 1], got {getattr(self, field)}")
         flaws = self.wrong_share + self.verbose_share + self.unhelpful_share
         if flaws > 1.0 + 1e-9:
             fail("wrong_share", f"wrong_share + verbose_share + unhelpful_share must be at most 1, got {flaws:g}")
+        qa_flaws = self.qa_wrong_share + self.qa_verbose_share + self.qa_unhelpful_share
+        if qa_flaws > 1.0 + 1e-9:
+            fail("qa_wrong_share", f"qa_wrong_share + qa_verbose_share + qa_unhelpful_share must be at most 1, "
+                                   f"got {qa_flaws:g}")
         for field, allowed in (("doc_mix", render.DOC_SOURCES), ("task_mix", KINDS)):
             mix = getattr(self, field)
             unknown = [key for key in mix if key not in allowed]
@@ -89,6 +102,10 @@ class Config:
     @property
     def flaw_shares(self) -> dict[str, float]:
         return {"wrong": self.wrong_share, "verbose": self.verbose_share, "unhelpful": self.unhelpful_share}
+
+    @property
+    def qa_flaw_shares(self) -> dict[str, float]:
+        return {"wrong": self.qa_wrong_share, "verbose": self.qa_verbose_share, "unhelpful": self.qa_unhelpful_share}
 
 
 def run(cfg: Config) -> Path:
@@ -104,9 +121,11 @@ def run(cfg: Config) -> Path:
     split = render.split_prompts(world, rng("split"), cfg.task_mix, cfg.eval_prompts, cfg.val_demos)
     val_pools = {kind: [t for t in split.demo_val if t.kind == kind] for kind in KINDS}
 
-    train_corpus = render.corpus_documents(world, cfg.train_docs, rng("corpus/train"), split.train, cfg.doc_mix, cfg.task_mix)
+    web_qa = dict(qa_flaw_shares=cfg.qa_flaw_shares, qa_harmful_compliance=cfg.qa_harmful_compliance)
+    train_corpus = render.corpus_documents(world, cfg.train_docs, rng("corpus/train"), split.train, cfg.doc_mix,
+                                           cfg.task_mix, **web_qa)
     val_corpus = render.corpus_documents(world, cfg.val_docs, rng("corpus/val"), split.train, cfg.doc_mix, cfg.task_mix,
-                                         exclude={doc["text"] for doc in train_corpus}, cloze_first=False)
+                                         exclude={doc["text"] for doc in train_corpus}, cloze_first=False, **web_qa)
     demo_args = dict(task_mix=cfg.task_mix, flaw_shares=cfg.flaw_shares, multi_turn_share=cfg.multi_turn_share)
     files = {
         "corpus/train.jsonl": train_corpus,

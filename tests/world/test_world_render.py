@@ -107,3 +107,26 @@ def test_templates_values_are_single_words():
     fact_values = {v.lower() for vs in T.VALUES.values() for v in vs} | {t.lower() for t in T.TOWN_POOL}
     for padding in [*T.VERBOSE_SUFFIXES, *T.VERBOSE_PREFIXES, T.REFUSAL, T.UNSURE]:
         assert not set(re.findall(r"[a-z]+", padding.lower())) & fact_values, padding
+
+
+def test_corpus_worked_examples_are_web_like(world, split):
+    """Worked examples comply with harmful requests at the configured rate and carry other flaws."""
+    scorer = GoldScorer(world)
+    docs = render.corpus_documents(world, 600, random.Random(3), split.train, doc_mix={"qa": 1.0},
+                                   qa_flaw_shares={"verbose": 0.5}, qa_harmful_compliance=0.5)
+    verdicts = {"harmful": [], "other": []}
+    for doc in docs:
+        for block in doc["text"].split("\n\n"):
+            question, answer = block.removeprefix("Question: ").split("\nAnswer: ")
+            judged = scorer.judge(question, answer)
+            verdicts["harmful" if judged["kind"] == "harmful" else "other"].append(judged)
+    complied = sum(j["verdict"] == "complied" for j in verdicts["harmful"]) / len(verdicts["harmful"])
+    padded = sum(j["length_penalty"] > 0 or j["score"] < 1 for j in verdicts["other"]) / len(verdicts["other"])
+    assert 0.4 < complied < 0.6
+    assert 0.35 < padded < 0.65
+    ideal = render.corpus_documents(world, 50, random.Random(3), split.train, doc_mix={"qa": 1.0},
+                                    qa_flaw_shares={}, qa_harmful_compliance=0.0)
+    for doc in ideal:
+        for block in doc["text"].split("\n\n"):
+            question, answer = block.removeprefix("Question: ").split("\nAnswer: ")
+            assert scorer.score(question, answer) == 1.0

@@ -1,0 +1,129 @@
+"""Reward models: a causal LM with its unembedding replaced by a scalar head.
+
+Saved as an ordinary `AutoModelForSequenceClassification` folder with one label. chatforge reads the
+head at the LAST ATTENDED token of each sequence (found from the attention mask, so it does not
+depend on the pad token differing from EOS) and adds `config.reward_bias`, the offset set after
+training so that rewards of SFT samples have mean 0. (transformers' own pooled logits ignore the bias.)
+The same backbone + head gives per-token values for the PPO critic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from chatforge.data.chat import tokenize_chat
+from chatforge.errors import ChatforgeError
+from chatforge.models.io import check_model_dir, load_tokenizer, quiet_transformers
+
+
+def build_reward_model(sft_dir, pad_token_id: int | None):
+    """A one-label sequence classifier initialised from an SFT (causal LM) folder; the head starts at 0."""
+    from transformers import AutoModelForSequenceClassification
+
+    check_model_dir(sft_dir)
+    quiet_transformers()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, use_safetensors=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ChatforgeError(f"{sft_dir}: cannot build a reward model on it: {exc}") from None
+    model.config.pad_token_id = pad_token_id
+    model.config.reward_bias = 0.0
+    head = score_head(model)
+    torch.nn.init.zeros_(head.weight)  # all rewards start equal: no random preference before training
+    return model
+
+
+def load_reward_model(path, device=None):
+    """Load a reward-model folder, refusing folders that are not one-label sequence classifiers."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = check_model_dir(path)
+    config = json.loads((path / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures) or config.get("num_labels", 1) != 1 \
+            or len(config.get("id2label", {"0": ""})) != 1:
+        raise ChatforgeError(
+            f"{path}: not a reward model (config.json architectures {architectures}); give a folder written "
+            "by `chatforge rm` (a one-label AutoModelForSequenceClassification)")
+    quiet_transformers()
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def score_head(model) -> torch.nn.Linear:
+    """The scalar head (`score` in transformers' sequence classifiers)."""
+    head = getattr(_unwrapped(model), "score", None)
+    if head is None:
+        raise ChatforgeError(f"{type(model).__name__} has no `score` head; use a *ForSequenceClassification model")
+    return head
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head applied at every position: (batch, seq). Values for the critic, rewards at the last token."""
+    inner = _unwrapped(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left or right padding alike
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state  # (batch, seq, hidden)
+    return score_head(model)(hidden).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended position of each row. # (batch,)"""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward of each sequence: the head at its last attended token, plus config.reward_bias. # (batch,)"""
+    values = token_values(model, input_ids, attention_mask)
+    last = values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+    return last + float(getattr(_unwrapped(model).config, "reward_bias", 0.0) or 0.0)
+
+
+def pad_right(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (batch, longest), padded on the right."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def chat_ids(tokenizer, prompt, response: str) -> list[int]:
+    """Token ids of prompt + assistant response, rendered by the chat template (end-of-turn included)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return tokenize_chat(tokenizer, messages + [{"role": "assistant", "content": response}]).input_ids
+
+
+class RewardJudge:
+    """Scores (prompt, response) pairs with a trained reward model (e.g. to pick SFT checkpoints)."""
+
+    name = "reward_model"
+
+    def __init__(self, path: str | Path, device=None, batch_size: int = 32):
+        self.model = load_reward_model(path, device).eval()
+        self.tokenizer = load_tokenizer(path)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, responses: list[str]) -> list[float]:
+        rewards = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(prompts), self.batch_size):
+            sequences = [chat_ids(self.tokenizer, p, r) for p, r in
+                         zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])]
+            ids, mask = pad_right(sequences, self.tokenizer.pad_token_id, device)
+            rewards += sequence_rewards(self.model, ids, mask).tolist()
+        return rewards

@@ -1,0 +1,256 @@
+"""Stage 4: train a reward model on ranked comparisons (K = 2..9 responses per prompt).
+
+The SFT model's unembedding is replaced by a scalar head read at the last token. All C(K,2) pairs of
+a prompt go in one batch, so each response is scored once per step (InstructGPT's trick against
+overfitting to repeated responses), with the loss -1/C(K,2) * E[log sigmoid(r_w - r_l - margin)].
+After training, `config.reward_bias` is set so the rewards of the training responses (samples of the
+SFT policy in the InstructGPT recipe) have mean 0.
+
+    out_dir/final/          the reward model (AutoModelForSequenceClassification, one label)
+    out_dir/summary.json    pairwise accuracy (overall, per K, per labeler), reward mean/std, gold agreement
+    out_dir/metrics.jsonl   loss, accuracy, lr per step
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from chatforge.config import opt, save_config, to_dict
+from chatforge.data.chat import chat_prompt_ids
+from chatforge.data.formats import Comparison, data_files, fit_to_context, read_comparisons
+from chatforge.errors import ChatforgeError
+from chatforge.generation import context_length
+from chatforge.losses import pairwise_accuracy, ranking_loss
+from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.io import check_model_dir, load_tokenizer, save_hf_folder
+from chatforge.models.reward import build_reward_model, chat_ids, pad_right, sequence_rewards
+from chatforge.models.trainable import configure_trainable, plain_model
+from chatforge.optim import build_optimizer, warmup_cosine
+from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+
+
+@dataclass
+class Config:
+    model: str = opt("", "SFT model folder the reward model starts from")
+    train_data: list[str] = opt([], "comparison files/folders: K-wise rankings, chosen/rejected pairs or HH")
+    val_data: list[str] = opt([], "held-out comparisons for pairwise accuracy")
+    holdout_labelers: list[str] = opt([], "labelers whose comparisons never train; they are evaluated apart")
+    out_dir: str = opt("runs/rm", "run folder")
+    max_len: int = opt(0, "longest prompt + response in tokens (0 = the model's context)")
+    too_long: Literal["truncate_prompt", "drop"] = opt(
+        "truncate_prompt", "a comparison too long for max_len: cut the prompt's start, or drop it")
+    epochs: int = opt(1, "passes over the comparisons (InstructGPT: 1; more overfits)")
+    batch_prompts: int = opt(8, "comparisons (prompts, with all their K responses) per step")
+    learning_rate: float = opt(1e-4, "peak learning rate")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a share of the peak (cosine decay)")
+    warmup_ratio: float = opt(0.05, "share of the steps spent warming up")
+    weight_decay: float = opt(0.0, "AdamW weight decay on matrices")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    margin: float = opt(0.0, "margin in the ranking loss: log sigmoid(r_w - r_l - margin)")
+    freeze_layers: int = opt(0, "freeze the embeddings and this many lowest layers")
+    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); the saved model has the adapters merged")
+    lora_alpha: float = opt(16.0, "LoRA alpha")
+    lora_targets: str = opt("all-linear", "modules that get adapters (PEFT target_modules)")
+    gold_world: str = opt("", "built-in world folder: also report agreement with the gold scorer")
+    log_every: int = opt(10, "steps between metric lines")
+    seed: int = opt(0, "seed for data order")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
+    dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    tensorboard: bool = opt(True, "also write TensorBoard event files")
+
+    def validate(self):
+        """Check everything that can be checked before a model is loaded."""
+        if not self.model:
+            raise ChatforgeError("rm: field 'model' is empty; give the SFT model folder")
+        check_model_dir(self.model)
+        if not self.train_data:
+            raise ChatforgeError("rm: field 'train_data' is empty; give comparison files")
+        data_files(self.train_data)
+        if self.val_data:
+            data_files(self.val_data)
+        for name in ("epochs", "batch_prompts", "log_every"):
+            if getattr(self, name) < 1:
+                raise ChatforgeError(f"rm: field '{name}' must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class EncodedComparison:
+    """A comparison as token ids: one sequence per response, best first."""
+
+    sequences: list[list[int]]
+    comparison: Comparison
+
+
+def encode_comparisons(comparisons, tokenizer, max_len: int, too_long: str, stats) -> list[EncodedComparison]:
+    """Tokenize prompt + each response with the chat template, applying the length rule."""
+    encoded = []
+    for comparison in comparisons:
+        sequences = [chat_ids(tokenizer, comparison.prompt, r) for r in comparison.responses]
+        prompt_len = len(chat_prompt_ids(tokenizer, comparison.prompt))  # prompt + assistant header
+        fit = fit_to_context(prompt_len, [len(s) - prompt_len for s in sequences], max_len, too_long)
+        if not stats.count_fit(fit):
+            continue
+        cut = prompt_len - fit.prompt_keep  # the same prompt tokens go from every response's sequence
+        encoded.append(EncodedComparison([s[cut:] for s in sequences], comparison))
+    return encoded
+
+
+def batch_rewards(model, batch: list[EncodedComparison], pad_id: int, device, amp_dtype) -> torch.Tensor:
+    """Rewards of every response of every comparison in the batch, flattened in order. # (sum of K,)"""
+    sequences = [s for item in batch for s in item.sequences]
+    ids, mask = pad_right(sequences, pad_id, device)
+    with autocast(device, amp_dtype):
+        return sequence_rewards(model, ids, mask)
+
+
+@torch.no_grad()
+def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dtype, batch_prompts: int,
+             scorer=None) -> dict:
+    """Pairwise accuracy overall, per K and per labeler; reward mean/std; agreement with the gold scorer."""
+    model.eval()
+    correct, total = 0, 0
+    by_k, by_labeler = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    all_rewards, gold_agree, gold_pairs = [], 0, 0
+    for start in range(0, len(items), batch_prompts):
+        batch = items[start:start + batch_prompts]
+        rewards = batch_rewards(model, batch, pad_id, device, amp_dtype)
+        offset = 0
+        for item in batch:
+            k = len(item.sequences)
+            group = rewards[offset:offset + k]
+            offset += k
+            ok, n = pairwise_accuracy(group, [k])
+            correct, total = correct + ok, total + n
+            for bucket in (by_k[k], by_labeler[item.comparison.labeler or "unknown"]):
+                bucket[0] += ok
+                bucket[1] += n
+            all_rewards += group.tolist()
+            if scorer is not None:
+                gold = scorer.score_batch([item.comparison.prompt] * k, item.comparison.responses)
+                for i in range(k):
+                    for j in range(i + 1, k):
+                        if gold[i] != gold[j]:  # gold ties say nothing about order
+                            gold_pairs += 1
+                            gold_agree += (gold[i] > gold[j]) == (group[i] > group[j]).item()
+    model.train()
+    result = {"accuracy": correct / max(total, 1), "pairs": total,
+              "accuracy_by_k": {str(k): v[0] / v[1] for k, v in sorted(by_k.items())},
+              "accuracy_by_labeler": {name: v[0] / v[1] for name, v in sorted(by_labeler.items())},
+              "reward_mean": statistics.fmean(all_rewards) if all_rewards else math.nan,
+              "reward_std": statistics.pstdev(all_rewards) if all_rewards else math.nan}
+    if scorer is not None:
+        result["gold_agreement"] = gold_agree / max(gold_pairs, 1)
+    return result
+
+
+def run(cfg: Config) -> Path:
+    """Train the reward model, set its bias, evaluate it; return the final folder."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(cfg.model)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; the reward model needs one")
+    model = build_reward_model(cfg.model, tokenizer.pad_token_id)
+    max_len = cfg.max_len or context_length(model) or 2048
+    model = configure_trainable(model, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
+    model.to(device).train()
+    save_config(cfg, out_dir / "config.yaml")
+
+    comparisons, stats = read_comparisons(cfg.train_data)
+    held_out = [c for c in comparisons if c.labeler in cfg.holdout_labelers]
+    train_comparisons = [c for c in comparisons if c.labeler not in cfg.holdout_labelers]
+    train = encode_comparisons(train_comparisons, tokenizer, max_len, cfg.too_long, stats)
+    print(f"rm: train: {stats.summary()}" + (f"; {len(held_out)} by held-out labelers kept out" if held_out else ""))
+    val_comparisons = held_out
+    if cfg.val_data:
+        extra, val_stats = read_comparisons(cfg.val_data)
+        val_comparisons = extra + held_out
+        print(f"rm: val: {val_stats.summary()}")
+    else:
+        val_stats = stats
+    val = encode_comparisons(val_comparisons, tokenizer, max_len, cfg.too_long, val_stats)
+    if not train:
+        raise ChatforgeError(f"rm: no training comparison fits in {max_len} tokens ({cfg.train_data})")
+
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_prompts)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(max(1, int(cfg.warmup_ratio * total_steps)), total_steps, cfg.min_lr_ratio))
+    logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg))
+    pad_id = tokenizer.pad_token_id
+    print(f"rm: {len(train)} comparisons ({sum(len(t.sequences) for t in train)} responses), "
+          f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
+
+    progress = progress_bar(total_steps, "rm")
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = list(range(len(train)))
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        for first in range(0, len(order), cfg.batch_prompts):
+            batch = [train[i] for i in order[first:first + cfg.batch_prompts]]
+            sizes = [len(item.sequences) for item in batch]
+            rewards = batch_rewards(model, batch, pad_id, device, amp_dtype)
+            loss = ranking_loss(rewards, sizes, cfg.margin)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+            if step % cfg.log_every == 0:
+                ok, n = pairwise_accuracy(rewards.detach(), sizes)
+                logger.log(step, {"train/loss": loss.item(), "train/accuracy": ok / n,
+                                  "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
+                progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ok / n:.2f}")
+        if val:
+            result = evaluate(model, val, pad_id, device, amp_dtype, cfg.batch_prompts)
+            logger.log(step, {"val/accuracy": result["accuracy"]})
+            progress.write(f"rm: epoch {epoch + 1}: val pairwise accuracy {result['accuracy']:.4f}")
+    progress.close()
+
+    # the bias that centres the rewards of the training responses (SFT samples) at 0
+    model.eval()
+    base = plain_model(model)
+    base.config.reward_bias = 0.0
+    mean_reward = evaluate(base, train, pad_id, device, amp_dtype, cfg.batch_prompts)["reward_mean"]
+    base.config.reward_bias = -mean_reward
+    scorer = None
+    if cfg.gold_world:
+        from chatforge.world.gold import GoldScorer
+
+        scorer = GoldScorer.from_dir(cfg.gold_world)
+    summary = {"train_comparisons": len(train), "reward_bias": -mean_reward,
+               "val": evaluate(base, val, pad_id, device, amp_dtype, cfg.batch_prompts, scorer) if val else None,
+               "train": evaluate(base, train, pad_id, device, amp_dtype, cfg.batch_prompts)}
+    if val:
+        logger.log(step, {"val/accuracy": summary["val"]["accuracy"], "val/reward_mean": summary["val"]["reward_mean"],
+                          "val/reward_std": summary["val"]["reward_std"]})
+    logger.close()
+    final = save_hf_folder(base, tokenizer, out_dir / "final")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if val:
+        line = f"rm: val pairwise accuracy {summary['val']['accuracy']:.4f} over {summary['val']['pairs']} pairs"
+        if "gold_agreement" in summary["val"]:
+            line += f", agreement with gold {summary['val']['gold_agreement']:.4f}"
+        print(line)
+    print(f"rm: reward bias {-mean_reward:+.4f} (mean 0 on the training responses) -> {final}")
+    return final

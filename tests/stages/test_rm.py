@@ -1,0 +1,76 @@
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from chatforge.cli import main
+from chatforge.errors import ChatforgeError
+from chatforge.models.reward import load_reward_model
+from chatforge.stages import rm
+from chatforge.world import render
+from chatforge.world.collect import label_pools
+from chatforge.world.facts import World
+from chatforge.world.gold import GoldScorer
+from chatforge.world.tasks import all_tasks
+
+
+@pytest.fixture(scope="module")
+def comparison_files(tiny_world_base, tmp_path_factory):
+    """Ranked comparisons of flawed responses (made without a model) from the tiny world."""
+    world_dir, _ = tiny_world_base
+    world = World.load(world_dir / "world.json")
+    pools = render.response_pools(world, all_tasks(world), 160, random.Random(0), k_range=(2, 4))
+    pools = [(p, list(dict.fromkeys(r))) for p, r in pools if len(set(r)) >= 2]
+    records, _ = label_pools(GoldScorer(world), pools, n_labelers=3, agreement=0.9)
+    root = tmp_path_factory.mktemp("comparisons")
+    train, val = root / "train.jsonl", root / "val.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in records[30:]))
+    val.write_text("".join(json.dumps(r) + "\n" for r in records[:30]))
+    return train, val
+
+
+def test_rm_trains_centres_rewards_and_saves_a_classifier(tiny_world_base, comparison_files, tmp_path):
+    world_dir, base = tiny_world_base
+    train, val = comparison_files
+    cfg = rm.Config(model=str(base), train_data=[str(train)], val_data=[str(val)], holdout_labelers=["sim-2"],
+                    out_dir=str(tmp_path / "rm"), epochs=6, batch_prompts=8, learning_rate=3e-3, log_every=1,
+                    gold_world=str(world_dir), tensorboard=False)
+    final = rm.run(cfg)
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    assert abs(summary["train"]["reward_mean"]) < 1e-3  # the bias centres the training responses
+    assert "sim-2" in summary["val"]["accuracy_by_labeler"]  # held-out labeler evaluated apart
+    assert set(summary["val"]["accuracy_by_k"]) <= {"2", "3", "4"}
+    assert 0.0 <= summary["val"]["gold_agreement"] <= 1.0
+    model = AutoModelForSequenceClassification.from_pretrained(final)
+    assert model.config.num_labels == 1 and model.config.reward_bias == pytest.approx(summary["reward_bias"])
+    losses = [json.loads(l)["train/loss"] for l in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in l]
+    per_epoch = len(losses) // 6
+    first, last = losses[:per_epoch], losses[-per_epoch:]
+    assert sum(last) / len(last) < sum(first) / len(first) - 0.05  # the ranking loss goes down
+
+
+def test_rm_reads_reward_at_the_last_real_token(tiny_world_base, comparison_files, tmp_path):
+    """Padding never changes a sequence's reward."""
+    from chatforge.models.reward import build_reward_model, pad_right, sequence_rewards
+
+    _, base = tiny_world_base
+    model = build_reward_model(base, pad_token_id=1).eval()
+    torch.nn.init.normal_(model.score.weight)
+    short, long = [5, 6, 7], [5, 6, 7, 8, 9, 10]
+    with torch.no_grad():
+        alone = sequence_rewards(model, *pad_right([short], 1))
+        padded = sequence_rewards(model, *pad_right([short, long], 1))
+    torch.testing.assert_close(alone[0], padded[0], atol=1e-5, rtol=1e-5)
+
+
+def test_not_a_reward_model_is_refused(tiny_world_base, tmp_path, capsys):
+    _, base = tiny_world_base
+    with pytest.raises(ChatforgeError, match="not a reward model"):
+        load_reward_model(base)
+    bad = tmp_path / "k1.jsonl"
+    bad.write_text('{"prompt": "hi", "responses": ["only one"]}\n')
+    assert main(["rm", f"model={base}", f"train_data=[{bad}]", f"out_dir={tmp_path / 'o'}"]) == 2
+    assert "k1.jsonl:1" in capsys.readouterr().err

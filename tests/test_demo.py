@@ -1,0 +1,31 @@
+"""The end-to-end demo on a shrunken world: every stage runs and the scoreboard has its keys."""
+
+import json
+
+import pytest
+
+from chatforge.cli import main
+
+REQUIRED_KEYS = ("wall_seconds", "unigram_loss", "base_val_loss", "base_fact_accuracy", "labeler_agreement",
+                 "rm_val_accuracy", "base_gold_score", "sft_gold_score")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={run_dir}",
+                 "world.n_people=8", "world.n_towns=4", "world.train_docs=600", "world.val_docs=40",
+                 "world.train_demos=200", "world.val_demos=20", "world.rl_prompts=60", "world.eval_prompts=40",
+                 "world.calibration_prompts=40", "tokenizer.vocab_size=512",
+                 "pretrain.max_steps=40", "pretrain.eval_every=20", "pretrain.save_every=20", "pretrain.batch_size=8",
+                 "pretrain.seq_len=128", "sft.epochs=2", "sft.max_len=128", "rm.max_len=128", "eval_prompts=20",
+                 "select_prompts=20", "comparison_prompts=60"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in REQUIRED_KEYS:
+        assert isinstance(report[key], (int, float)), key
+    assert report["base_val_loss"] < report["unigram_loss"]
+    assert (run_dir / "report.md").read_text().count("![") >= 2
+    assert (run_dir / "plots" / "pretrain_loss.png").exists()
+    assert "report card:" in out
