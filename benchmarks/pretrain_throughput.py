@@ -1,7 +1,7 @@
 """How fast does pretraining run, and how close to the machine's matmul peak does it get?
 
 Measures, in one run:
-  - the machine's matmul peak (FLOP/s of large square matmuls; fp32 on CPU, bf16 on GPU);
+  - the machine's matmul peak (the best FLOP/s of square matmuls of a few sizes; fp32 on CPU, bf16 on GPU);
   - for several model presets, training tokens/s of the pretraining step (forward, backward, AdamW,
     with the stage's own loss, optimizer and autocast) and the achieved FLOP/s, as a ratio of the peak
     (MFU). FLOPs per token = 6 * parameters + 12 * layers * hidden * seq_len (PaLM's formula);
@@ -110,7 +110,9 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp_dtype = autocast_dtype("auto", device)
     peak_dtype = amp_dtype or torch.float32
-    peak = matmul_peak(device, peak_dtype, 8192 if device.type == "cuda" else 1024)
+    # the best of several sizes: small matmuls underrate what the cores can do
+    sizes = (4096, 8192, 16384) if device.type == "cuda" else (1024, 2048, 4096)
+    peak = max(matmul_peak(device, peak_dtype, size) for size in sizes)
     if args.presets:
         presets = args.presets.split(",")
     elif device.type == "cuda":
@@ -122,7 +124,7 @@ def main():
     vocab = 50257 if device.type == "cuda" else 2048
 
     print(f"device: {device} ({torch.get_num_threads()} threads), autocast: {amp_dtype}, torch {torch.__version__}")
-    print(f"matmul peak ({str(peak_dtype).replace('torch.', '')}): {peak / 1e9:,.1f} GFLOP/s")
+    print(f"matmul peak ({str(peak_dtype).replace('torch.', '')}, best of sizes {sizes}): {peak / 1e9:,.1f} GFLOP/s")
     print(f"batch {batch} x seq {seq_len}, vocab {vocab}; medians of {windows} windows x {steps} steps\n")
     print(f"| preset | params | tokens/s | achieved GFLOP/s | MFU (achieved / peak) |")
     print(f"|---|---|---|---|---|")

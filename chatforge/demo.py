@@ -49,7 +49,7 @@ class Config:
     eval_prompts: int = opt(200, "held-out prompts the base and SFT answers are gold-scored on")
     select_prompts: int = opt(200, "other held-out prompts SFT picks its best epoch on")
     comparison_prompts: int = opt(1500, "RL prompts whose SFT samples are ranked for the reward model")
-    comparison_k: int = opt(6, "samples per prompt (duplicates are dropped, so K is 2..this)")
+    comparison_k: int = opt(4, "samples per prompt (duplicates are dropped, so K is 2..this)")
     comparison_temperature: float = opt(1.0, "sampling temperature of the SFT samples")
     comparison_val_share: float = opt(0.15, "share of the comparisons held out for RM accuracy")
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")

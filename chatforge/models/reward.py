@@ -23,12 +23,18 @@ def build_reward_model(sft_dir, pad_token_id: int | None):
     """A one-label sequence classifier initialised from an SFT (causal LM) folder; the head starts at 0."""
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
     check_model_dir(sft_dir)
     quiet_transformers()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head is "missing from the checkpoint" by design: no warning
     try:
         model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, use_safetensors=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ChatforgeError(f"{sft_dir}: cannot build a reward model on it: {exc}") from None
+    except Exception as exc:  # an architecture without a sequence-classification head, corrupt weights, ...
+        raise ChatforgeError(f"{sft_dir}: cannot build a reward model on it: {type(exc).__name__}: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_token_id
     model.config.reward_bias = 0.0
     head = score_head(model)

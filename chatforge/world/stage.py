@@ -37,7 +37,7 @@ from chatforge.world.templates import TOWN_POOL
 class Config:
     seed: int = opt(0, "seed of everything written: the same seed and sizes give identical files")
     out_dir: Path = opt(Path("runs/world"), "folder to write the world's files into")
-    n_people: int = opt(60, "people in the world (5 facts each)")
+    n_people: int = opt(40, "people in the world (5 facts each); 40 suits the 1M-parameter demo model")
     n_towns: int = opt(12, f"towns people live in (at most {len(TOWN_POOL)})")
     train_docs: int = opt(12000, "pretraining documents in corpus/train.jsonl (about 49 words each)")
     val_docs: int = opt(600, "held-out pretraining documents in corpus/val.jsonl")
