@@ -208,6 +208,13 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
     return cfg
 
 
+def require_positive(cfg, stage: str, names: tuple[str, ...]) -> None:
+    """Raise a ChatforgeError naming the first of `names` whose value is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ChatforgeError(f"{stage}: field '{name}' must be >= 1, got {getattr(cfg, name)}")
+
+
 def config_help(cls) -> str:
     """One line per field: name, type, default, help."""
     hints = typing.get_type_hints(cls)

@@ -247,7 +247,9 @@ def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:
              f"{labeling['agreement_ceiling']:.3f} on these pools). RM rewards on held-out responses: mean "
              f"{val['reward_mean']:+.3f}, std {val['reward_std']:.3f}; bias {summary['reward_bias']:+.3f}.")
     if "gold_agreement" in val:
-        text += f" The RM orders {val['gold_agreement']:.3f} of gold-distinguishable pairs as the gold scorer does."
+        text += f" The RM orders {val['gold_agreement']:.3f} of gold-distinguishable pairs as the gold scorer does"
+        text += " (by prompt kind: " + ", ".join(
+            f"{kind} {share:.3f}" for kind, share in val.get("gold_agreement_by_kind", {}).items()) + ")."
     report.section("Reward model", text)
 
 

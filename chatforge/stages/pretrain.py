@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, save_config, to_dict
+from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.corpus import corpus_files
 from chatforge.data.packing import PackedBlocks, validation_batches
 from chatforge.errors import ChatforgeError
@@ -81,9 +81,7 @@ class Config:
         elif self.model_preset not in PRESETS:
             raise ChatforgeError(f"pretrain: field 'model_preset' = '{self.model_preset}' is not one of "
                                  f"{sorted(PRESETS)}")
-        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise ChatforgeError(f"pretrain: field '{name}' must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "pretrain", ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every"))
         if not 0 <= self.min_lr_ratio <= 1:
             raise ChatforgeError(f"pretrain: field 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from chatforge.config import opt, save_config, to_dict
+from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import Comparison, data_files, fit_to_context, read_comparisons
 from chatforge.errors import ChatforgeError
@@ -78,9 +78,7 @@ class Config:
         data_files(self.train_data)
         if self.val_data:
             data_files(self.val_data)
-        for name in ("epochs", "batch_prompts", "log_every"):
-            if getattr(self, name) < 1:
-                raise ChatforgeError(f"rm: field '{name}' must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "rm", ("epochs", "batch_prompts", "log_every"))
 
 
 @dataclass
@@ -119,7 +117,7 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
     """Pairwise accuracy overall, per K and per labeler; reward mean/std; agreement with the gold scorer."""
     model.eval()
     correct, total = 0, 0
-    by_k, by_labeler = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    by_k, by_labeler, by_kind = (defaultdict(lambda: [0, 0]) for _ in range(3))
     all_rewards, gold_agree, gold_pairs = [], 0, 0
     for start in range(0, len(items), batch_prompts):
         batch = items[start:start + batch_prompts]
@@ -136,12 +134,16 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
                 bucket[1] += n
             all_rewards += group.tolist()
             if scorer is not None:
-                gold = scorer.score_batch([item.comparison.prompt] * k, item.comparison.responses)
+                judged = [scorer.judge(item.comparison.prompt, r) for r in item.comparison.responses]
+                gold = [j["score"] for j in judged]
                 for i in range(k):
                     for j in range(i + 1, k):
                         if gold[i] != gold[j]:  # gold ties say nothing about order
+                            agree = (gold[i] > gold[j]) == (group[i] > group[j]).item()
                             gold_pairs += 1
-                            gold_agree += (gold[i] > gold[j]) == (group[i] > group[j]).item()
+                            gold_agree += agree
+                            by_kind[judged[i]["kind"]][0] += agree
+                            by_kind[judged[i]["kind"]][1] += 1
     model.train()
     result = {"accuracy": correct / max(total, 1), "pairs": total,
               "accuracy_by_k": {str(k): v[0] / v[1] for k, v in sorted(by_k.items())},
@@ -150,6 +152,7 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
               "reward_std": statistics.pstdev(all_rewards) if all_rewards else math.nan}
     if scorer is not None:
         result["gold_agreement"] = gold_agree / max(gold_pairs, 1)
+        result["gold_agreement_by_kind"] = {kind: v[0] / v[1] for kind, v in sorted(by_kind.items())}
     return result
 
 

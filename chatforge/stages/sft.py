@@ -8,7 +8,8 @@ and the checkpoint kept as `best/` is the best by that score, not by loss: Instr
 overfits on validation loss after one epoch while the answers keep getting better.
 
     out_dir/metrics.jsonl, tensorboard/    loss, lr, tokens/s; per epoch val loss and answer score
-    out_dir/checkpoints/step_N/            resume points (end of each epoch)
+    out_dir/checkpoints/step_N/            resume points (end of each epoch; with LoRA they hold the merged
+                                           weights, so a resumed LoRA run starts fresh adapters on them)
     out_dir/best/                          the selected model (LoRA merged): a plain HF folder
     out_dir/summary.json                   per-epoch numbers and the chosen epoch
 """
@@ -26,7 +27,7 @@ from typing import Literal
 import torch
 
 from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, save_config, to_dict
+from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import TokenizedChat, collate, fit_chat, pack, tokenize_chat
 from chatforge.data.formats import ReadStats, data_files, read_demonstrations
 from chatforge.errors import ChatforgeError
@@ -92,9 +93,7 @@ class Config:
             data_files(self.val_data)
         if self.eval_prompts and not Path(self.eval_prompts).is_file():
             raise ChatforgeError(f"{self.eval_prompts}: field 'eval_prompts': file does not exist")
-        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ChatforgeError(f"sft: field '{name}' must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "sft", ("epochs", "batch_size", "grad_accum", "log_every"))
 
 
 def load_chats(paths, tokenizer, max_len: int, too_long: str, what: str) -> list[TokenizedChat]:
