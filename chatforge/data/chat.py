@@ -66,12 +66,10 @@ def fit_chat(chat: TokenizedChat, max_len: int, too_long: str, stats: ReadStats)
     if 1 not in chat.loss_mask:
         stats.skip("no assistant tokens")
         return None
-    last_start = len(chat.loss_mask) - 1
+    # the last assistant turn is the final run of 1s in the mask (a template may add tokens after it)
+    last_start = max(i for i, flag in enumerate(chat.loss_mask) if flag)
     while last_start > 0 and chat.loss_mask[last_start - 1] == 1:
         last_start -= 1
-    # the last assistant turn starts where the final run of 1s in the mask starts
-    while last_start > 0 and chat.loss_mask[last_start] == 0:
-        last_start += 1
     fit = fit_to_context(last_start, len(chat.input_ids) - last_start, max_len, too_long)
     if not stats.count_fit(fit):
         return None

@@ -58,6 +58,9 @@ def test_fit_chat_truncates_from_the_left_keeping_the_last_reply():
     assert fit_chat(chat, 2, "truncate_prompt", stats) is None  # the last reply alone is 3 tokens
     assert fit_chat(chat, 6, "drop", stats) is None
     assert "too long" in stats.summary()
+    # tokens after the last reply (a template's trailing newline) stay with it
+    trailing = TokenizedChat(list(range(8)), [0, 0, 1, 0, 0, 1, 0, 0])
+    assert fit_chat(trailing, 5, "truncate_prompt", stats).input_ids == [3, 4, 5, 6, 7]
 
 
 def test_packing_isolation(toy_tokenizer_dir):
