@@ -136,7 +136,8 @@ def _build(cls, values: dict, sources: dict, where: str):
     for key, value in values.items():
         loc = sources.get(key, where)
         if key not in fields:
-            raise ChatforgeError(f"{loc}: unknown field '{key}' for {cls.__name__}{_suggest(key, fields)}")
+            owner = f"the {cls.__module__.rsplit('.', 1)[-1]} config" if cls.__name__ == "Config" else cls.__name__
+            raise ChatforgeError(f"{loc}: unknown field '{key}' for {owner}{_suggest(key, fields)}")
         kwargs[key] = _coerce(value, hints[key], f"{loc}: field '{key}'")
     return cls(**kwargs)
 
@@ -183,8 +184,13 @@ def read_yaml(path: str | Path) -> tuple[dict, dict]:
     return values, lines
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple | dict = ()):
-    """Build `cls` from an optional YAML file and overrides (`key=value` strings or a dict; they win)."""
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple | dict = (),
+                validate: bool = True):
+    """Build `cls` from an optional YAML file and overrides (`key=value` strings or a dict; they win).
+
+    validate=False checks field names and types only, not the config's own `validate()` (which may
+    look for files an earlier stage has yet to write).
+    """
     values, sources, where = {}, {}, "command line"
     if path is not None:
         values, lines = read_yaml(path)
@@ -202,9 +208,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
         cfg = _build(cls, values, sources, where)
     except TypeError as exc:  # a required field is missing
         raise ChatforgeError(f"{where}: {exc}") from None
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+    check = getattr(cfg, "validate", None)
+    if validate and callable(check):
+        check()
     return cfg
 
 

@@ -80,6 +80,11 @@ def run(cfg: Config) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     world_cfg = load_config(world_stage.Config, cfg.world_config, {"out_dir": str(run_dir / "world"), **cfg.world})
+    # every stage's fields and types are checked now, so a typo fails in seconds, not after pretraining
+    for stage_cls, path, overrides in ((tokenizer.Config, cfg.tokenizer_config, cfg.tokenizer),
+                                       (pretrain.Config, cfg.pretrain_config, cfg.pretrain),
+                                       (sft.Config, cfg.sft_config, cfg.sft), (rm.Config, cfg.rm_config, cfg.rm)):
+        load_config(stage_cls, path, overrides, validate=False)
     world_dir = Path(world_cfg.out_dir)
     corpus = world_dir / "corpus"
     report = Report(run_dir, "chatforge demo: report card")

@@ -29,3 +29,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (run_dir / "report.md").read_text().count("![") >= 2
     assert (run_dir / "plots" / "pretrain_loss.png").exists()
     assert "report card:" in out
+
+
+def test_demo_rejects_a_typo_in_a_later_stage_before_running(tmp_path, capsys):
+    code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={tmp_path / 'demo'}", "sft.epochz=3"])
+    assert code == 2
+    assert "unknown field 'epochz'" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "world").exists()  # nothing ran
