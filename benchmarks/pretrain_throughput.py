@@ -126,8 +126,8 @@ def main():
     print(f"device: {device} ({torch.get_num_threads()} threads), autocast: {amp_dtype}, torch {torch.__version__}")
     print(f"matmul peak ({str(peak_dtype).replace('torch.', '')}, best of sizes {sizes}): {peak / 1e9:,.1f} GFLOP/s")
     print(f"batch {batch} x seq {seq_len}, vocab {vocab}; medians of {windows} windows x {steps} steps\n")
-    print(f"| preset | params | tokens/s | achieved GFLOP/s | MFU (achieved / peak) |")
-    print(f"|---|---|---|---|---|")
+    print("| preset | params | tokens/s | achieved GFLOP/s | MFU (achieved / peak) |")
+    print("|---|---|---|---|---|")
     for preset in presets:
         rate, params, fpt = train_rate(preset, vocab, seq_len, batch, device, amp_dtype, windows, steps)
         achieved = rate * fpt

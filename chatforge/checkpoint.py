@@ -5,19 +5,20 @@
         trainer_state.pt    optimizer + scheduler + RNG (tensors only: loaded with weights_only=True)
         train_state.json    step counters and data position; written last, it marks the folder complete
 
-A checkpoint is written to `step_N.tmp/` and renamed, so a crash mid-save leaves no folder that
-looks complete. Only the newest `keep_last` checkpoints are kept.
+A checkpoint is written to `step_N.tmp/` and renamed (models.io.save_hf_folder), so a crash
+mid-save leaves no folder that looks complete. Only the newest `keep_last` checkpoints are kept.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from chatforge.models.io import quiet_transformers
+from chatforge.models.io import save_hf_folder
 
 STATE_FILE = "train_state.json"
 TRAINER_FILE = "trainer_state.pt"
@@ -26,21 +27,13 @@ TRAINER_FILE = "trainer_state.pt"
 def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, state: dict,
                     keep_last: int = 2) -> Path:
     """Write checkpoint `step` under run_dir/checkpoints and prune older ones; return its folder."""
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step_{step:07d}"
-    tmp = root / f"step_{step:07d}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    quiet_transformers()
-    getattr(model, "module", model).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / TRAINER_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    def write_trainer_state(folder: Path) -> None:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, folder / TRAINER_FILE)
+        (folder / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
+
+    folder = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+    final = save_hf_folder(model, tokenizer, folder, write_trainer_state)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old)
     return final
@@ -51,7 +44,8 @@ def list_checkpoints(run_dir) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.exists():
         return []
-    done = [p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
+    # step_N only: a save's step_N.tmp / step_N.old folders are never checkpoints
+    done = [p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d+", p.name)
             and (p / STATE_FILE).exists()]
     return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 

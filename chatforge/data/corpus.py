@@ -81,15 +81,20 @@ def _txt_documents(path: Path) -> Iterator[str]:
         yield "".join(paragraph).strip()
 
 
-def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+def open_parquet(path: Path):
+    """A pyarrow ParquetFile, with clear errors for a missing pyarrow or a damaged file."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise ChatforgeError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise ChatforgeError(f"{path}: not a readable parquet file ({exc})") from None
+
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    parquet = open_parquet(path)
     if text_field not in parquet.schema_arrow.names:
         raise ChatforgeError(f"{path}: column '{text_field}' is missing (found {parquet.schema_arrow.names})")
     for group in range(parquet.num_row_groups):

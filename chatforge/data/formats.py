@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from chatforge.data.corpus import open_parquet
 from chatforge.errors import ChatforgeError
 
 ROLES = ("system", "user", "assistant")
@@ -142,6 +143,22 @@ def read_demonstrations(paths: str | Path | list) -> tuple[list[Demonstration], 
 def read_comparisons(paths: str | Path | list) -> tuple[list[Comparison], ReadStats]:
     """Read every comparison in `paths` (files, folders); errors stop the read, skips are counted."""
     return _read(paths, _comparison)
+
+
+def read_prompts(path: str | Path) -> list[tuple[str | list[dict], str]]:
+    """(prompt, 'FILE:LINE') for each line {"prompt": text or [messages]} of a JSONL prompts file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ChatforgeError(f"{path}: prompts file does not exist")
+    prompts = []
+    for number, record in _jsonl_rows(path):
+        source = f"{path}:{number}"
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise _error(source, "prompt", 'expected {"prompt": "text"} or {"prompt": [messages]}')
+        prompts.append((record["prompt"] if isinstance(record["prompt"], str) else _prompt(record, source), source))
+    if not prompts:
+        raise ChatforgeError(f"{path}: no prompts in the file")
+    return prompts
 
 
 def data_files(paths: str | Path | list) -> list[Path]:
@@ -253,14 +270,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ChatforgeError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise ChatforgeError(f"{path}: not a readable parquet file ({exc})") from None
+    parquet = open_parquet(path)
     number = 0
     for group in range(parquet.num_row_groups):
         for row in parquet.read_row_group(group).to_pylist():

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -86,10 +87,11 @@ def load_tokenizer(path):
     return tokenizer
 
 
-def save_hf_folder(model, tokenizer, path, extra_files: dict[str, str] | None = None) -> Path:
-    """Write model + tokenizer (+ small text files) to `path` atomically: a temp folder, then rename.
+def save_hf_folder(model, tokenizer, path, write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write model + tokenizer to `path` atomically: a temp folder, then rename; return `path`.
 
-    An interrupted save never leaves a half-written folder under the final name.
+    `write_extra(folder)` may add files (e.g. trainer state) before the rename. An interrupted save
+    never leaves a half-written folder under the final name.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -101,8 +103,8 @@ def save_hf_folder(model, tokenizer, path, extra_files: dict[str, str] | None = 
     unwrapped.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
+    if write_extra is not None:
+        write_extra(tmp)
     if path.exists():
         old = path.with_name(path.name + ".old")
         if old.exists():

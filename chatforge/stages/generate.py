@@ -20,7 +20,8 @@ import torch
 
 from chatforge.config import opt
 from chatforge.data.chat import chat_prompt_ids
-from chatforge.errors import ChatforgeError, where
+from chatforge.data.formats import read_prompts
+from chatforge.errors import ChatforgeError
 from chatforge.generation import GenerationResult, SamplingParams, context_length, generate
 from chatforge.models.io import load_causal_lm, load_tokenizer
 from chatforge.runtime import resolve_device
@@ -70,27 +71,6 @@ class Config:
         self.sampling_params().validate()
 
 
-def read_prompts(path: Path) -> list[tuple[str, str]]:
-    """(prompt, 'FILE:LINE') for each non-empty line of a JSONL prompts file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ChatforgeError(f"{path}: prompts file does not exist")
-    prompts = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ChatforgeError(f"{where(path, line_number)}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ChatforgeError(f'{where(path, line_number, "prompt")}: expected {{"prompt": "text"}}')
-        prompts.append((record["prompt"], where(path, line_number)))
-    if not prompts:
-        raise ChatforgeError(f"{path}: no prompts in the file")
-    return prompts
-
-
 def encode(tokenizer, text: str, chat: bool, model_dir: str) -> list[int]:
     """Token ids of one prompt: raw text (the tokenizer's default special tokens) or one chat user turn."""
     if not chat:
@@ -111,7 +91,11 @@ def run(cfg: Config) -> GenerationResult:
         items = [cfg.prompt] if isinstance(cfg.prompt, str) else cfg.prompt
         sources += [(text, "field 'prompt'" + (f"[{i}]" if len(items) > 1 else "")) for i, text in enumerate(items)]
     if cfg.prompts_file is not None:
-        sources += read_prompts(cfg.prompts_file)
+        for prompt, source in read_prompts(cfg.prompts_file):
+            if not isinstance(prompt, str):
+                raise ChatforgeError(f"{source}: field 'prompt': chatforge generate takes text prompts, "
+                                     "not lists of messages")
+            sources.append((prompt, source))
 
     device = resolve_device(cfg.device)
     dtype = DTYPES.get(cfg.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -234,8 +234,11 @@ def run(cfg: Config) -> Path:
     model.eval()
     base = plain_model(model)
     base.config.reward_bias = 0.0
-    mean_reward = evaluate(base, train, pad_id, device, amp_dtype, cfg.batch_prompts)["reward_mean"]
+    train_result = evaluate(base, train, pad_id, device, amp_dtype, cfg.batch_prompts)
+    mean_reward = train_result["reward_mean"]
     base.config.reward_bias = -mean_reward
+    # a constant shift changes no order and no spread: only the training mean moves, to 0
+    train_result["reward_mean"] = 0.0
     scorer = None
     if cfg.gold_world:
         from chatforge.world.gold import GoldScorer
@@ -243,7 +246,7 @@ def run(cfg: Config) -> Path:
         scorer = GoldScorer.from_dir(cfg.gold_world)
     summary = {"train_comparisons": len(train), "reward_bias": -mean_reward,
                "val": evaluate(base, val, pad_id, device, amp_dtype, cfg.batch_prompts, scorer) if val else None,
-               "train": evaluate(base, train, pad_id, device, amp_dtype, cfg.batch_prompts)}
+               "train": train_result}
     if val:
         logger.log(step, {"val/accuracy": summary["val"]["accuracy"], "val/reward_mean": summary["val"]["reward_mean"],
                           "val/reward_std": summary["val"]["reward_std"]})

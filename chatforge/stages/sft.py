@@ -29,7 +29,7 @@ import torch
 from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import TokenizedChat, collate, fit_chat, pack, tokenize_chat
-from chatforge.data.formats import ReadStats, data_files, read_demonstrations
+from chatforge.data.formats import data_files, read_demonstrations, read_prompts
 from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import chat_answers
 from chatforge.eval.judges import load_judge
@@ -139,18 +139,6 @@ def validation_loss(model, rows, batch_size: int, pad_id: int, device, amp_dtype
     return total / max(count, 1)
 
 
-def read_prompts(path: str, limit: int) -> list:
-    """The `prompt` of each line of a JSONL file (a string or a list of messages)."""
-    prompts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if line.strip():
-            record = json.loads(line)
-            if not isinstance(record, dict) or "prompt" not in record:
-                raise ChatforgeError(f"{path}:{number}: field 'prompt' is missing")
-            prompts.append(record["prompt"])
-    return prompts[:limit] if limit else prompts
-
-
 def answer_score(model, tokenizer, judge, prompts, cfg: Config) -> float:
     """Mean judge score of the model's answers to `prompts`."""
     params = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, do_sample=cfg.eval_temperature > 0,
@@ -186,7 +174,8 @@ def run(cfg: Config) -> Path:
     val_rows = (make_rows(load_chats(cfg.val_data, tokenizer, max_len, cfg.too_long, "val"), max_len, cfg.packing)
                 if cfg.val_data else [])
     judge = load_judge(cfg.gold_world, cfg.reward_model, device)
-    eval_prompts = read_prompts(cfg.eval_prompts, cfg.eval_max_prompts) if cfg.eval_prompts and judge else []
+    eval_prompts = [p for p, _ in read_prompts(cfg.eval_prompts)] if cfg.eval_prompts and judge else []
+    eval_prompts = eval_prompts[:cfg.eval_max_prompts or None]
     pad_id = tokenizer.pad_token_id
 
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
@@ -250,10 +239,11 @@ def run(cfg: Config) -> Path:
         key = record.get("score", -record.get("val_loss", 0.0))  # higher is better
         state["epochs"].append(record)
         state["epoch"] = epoch + 1
+        weights = plain_model(model)  # with LoRA, one merged copy serves both saves
         if state["best_key"] is None or key > state["best_key"] or not (eval_prompts or val_rows):
             state["best_key"], state["best_epoch"] = key, epoch + 1
-            save_hf_folder(plain_model(model), tokenizer, out_dir / "best")
-        save_checkpoint(out_dir, state["step"], plain_model(model), tokenizer, optimizer, scheduler,
+            save_hf_folder(weights, tokenizer, out_dir / "best")
+        save_checkpoint(out_dir, state["step"], weights, tokenizer, optimizer, scheduler,
                         {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
     progress.close()
     logger.close()
