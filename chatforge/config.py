@@ -75,14 +75,13 @@ def _coerce(value: Any, tp, where: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ChatforgeError as exc:
-                errors.append(str(exc))
+            except ChatforgeError:
+                continue  # try the union's next member
         raise ChatforgeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:

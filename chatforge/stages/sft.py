@@ -208,7 +208,7 @@ def run(cfg: Config) -> Path:
                     loss = batch_loss(model, batch, device) / len(micro_batches)
                 loss.backward()
                 step_loss += loss.item()
-                window_tokens += int(batch["position_ids"].numel())
+                window_tokens += sum(len(chat.input_ids) for row in rows for chat in row)  # padding not counted
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
