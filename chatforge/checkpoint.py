@@ -2,7 +2,8 @@
 
     RUN/checkpoints/step_0000500/
         config.json, model.safetensors, tokenizer files   <- loads with from_pretrained as it is
-        trainer_state.pt    optimizer + scheduler + RNG (tensors only: loaded with weights_only=True)
+        trainer_state.pt    optimizer(s) + scheduler(s) + RNG (tensors only: loaded with weights_only=True)
+        ...                 anything a stage adds (PPO: the critic's HF folder, critic/)
         train_state.json    step counters and data position; written last, it marks the folder complete
 
 A checkpoint is written to `step_N.tmp/` and renamed (models.io.save_hf_folder), so a crash
@@ -15,6 +16,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,11 +26,16 @@ STATE_FILE = "train_state.json"
 TRAINER_FILE = "trainer_state.pt"
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep_last: int = 2) -> Path:
-    """Write checkpoint `step` under run_dir/checkpoints and prune older ones; return its folder."""
+def save_checkpoint(run_dir, step: int, model, tokenizer, stateful: dict, state: dict, keep_last: int = 2,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write checkpoint `step` under run_dir/checkpoints and prune older ones; return its folder.
+
+    stateful: named objects with state_dict() (optimizers, schedulers); state: JSON-able counters;
+    write_extra(folder): writes more files into the checkpoint before it is marked complete."""
     def write_trainer_state(folder: Path) -> None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        if write_extra is not None:
+            write_extra(folder)
+        torch.save({**{name: obj.state_dict() for name, obj in stateful.items()},
                     "torch_rng": torch.get_rng_state()}, folder / TRAINER_FILE)
         (folder / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
 
@@ -56,10 +63,10 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
-def load_trainer_state(checkpoint: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG from a checkpoint; return its train_state.json."""
+def load_trainer_state(checkpoint: Path, stateful: dict) -> dict:
+    """Restore the named optimizers / schedulers and the RNG from a checkpoint; return its train_state.json."""
     trainer = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
+    for name, obj in stateful.items():
+        obj.load_state_dict(trainer[name])
     torch.set_rng_state(trainer["torch_rng"])
     return json.loads((checkpoint / STATE_FILE).read_text())

@@ -1,11 +1,11 @@
 """The built-in end-to-end run on CPU in minutes:
 
     world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
-    simulated labelers) -> rm -> gold scores of base and SFT answers
+    simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT
 
 Each stage reads its own YAML config (named below) and the demo fills in the paths that chain the
-stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`)
-override fields of those configs, e.g. `chatforge demo pretrain.max_steps=50 world.train_docs=1000`.
+stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
+`ppo`, `eval`) override fields of those configs, e.g. `chatforge demo pretrain.max_steps=50 world.train_docs=1000`.
 Writes run_dir/report.json (the scoreboard) and run_dir/report.md (with plots).
 """
 
@@ -22,12 +22,14 @@ from chatforge.config import load_config, opt
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
 from chatforge.eval.facts import fact_accuracy, load_clozes
+from chatforge.demo_report import (write_answers_section, write_facts_section, write_ppo_section,
+                                   write_pretrain_section, write_rm_section, write_sft_section)
+from chatforge.eval.compare import heldout_perplexity, win_rate
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
-from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm, load_tokenizer
 from chatforge.runtime import set_threads
-from chatforge.stages import pretrain, rm, sft, tokenizer
+from chatforge.stages import evaluate, ppo, pretrain, rm, sft, tokenizer
 from chatforge.world import stage as world_stage
 from chatforge.world.collect import label_pools, sample_pools
 from chatforge.world.gold import GoldScorer
@@ -41,11 +43,15 @@ class Config:
     pretrain_config: str = opt("configs/pretrain_tiny.yaml", "config of the pretraining stage")
     sft_config: str = opt("configs/sft_tiny.yaml", "config of the SFT stage")
     rm_config: str = opt("configs/rm_tiny.yaml", "config of the reward-model stage")
+    ppo_config: str = opt("configs/ppo_tiny.yaml", "config of both PPO runs (the plain one gets ptx_coef 0)")
+    eval_config: str = opt("configs/eval.yaml", "config of the comparisons of the PPO policies with SFT")
     world: dict = opt({}, "overrides of world config fields")
     tokenizer: dict = opt({}, "overrides of tokenizer config fields")
     pretrain: dict = opt({}, "overrides of pretraining config fields")
     sft: dict = opt({}, "overrides of SFT config fields")
     rm: dict = opt({}, "overrides of reward-model config fields")
+    ppo: dict = opt({}, "overrides of PPO config fields (both runs)")
+    eval: dict = opt({}, "overrides of eval config fields")
     eval_prompts: int = opt(200, "held-out prompts the base and SFT answers are gold-scored on")
     select_prompts: int = opt(200, "other held-out prompts SFT picks its best epoch on")
     comparison_prompts: int = opt(1500, "RL prompts whose SFT samples are ranked for the reward model")
@@ -53,6 +59,7 @@ class Config:
     comparison_temperature: float = opt(1.0, "sampling temperature of the SFT samples")
     comparison_val_share: float = opt(0.15, "share of the comparisons held out for RM accuracy")
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
+    best_of_n: int = opt(8, "n of the best-of-n baseline: n SFT samples per prompt, the RM picks one")
     few_shot_prompts: int = opt(4, "few-shot questions shown in the report as base-model samples")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
 
@@ -83,7 +90,9 @@ def run(cfg: Config) -> Path:
     # every stage's fields and types are checked now, so a typo fails in seconds, not after pretraining
     for stage_cls, path, overrides in ((tokenizer.Config, cfg.tokenizer_config, cfg.tokenizer),
                                        (pretrain.Config, cfg.pretrain_config, cfg.pretrain),
-                                       (sft.Config, cfg.sft_config, cfg.sft), (rm.Config, cfg.rm_config, cfg.rm)):
+                                       (sft.Config, cfg.sft_config, cfg.sft), (rm.Config, cfg.rm_config, cfg.rm),
+                                       (ppo.Config, cfg.ppo_config, cfg.ppo),
+                                       (evaluate.Config, cfg.eval_config, cfg.eval)):
         load_config(stage_cls, path, overrides, validate=False)
     world_dir = Path(world_cfg.out_dir)
     corpus = world_dir / "corpus"
@@ -154,9 +163,32 @@ def run(cfg: Config) -> Path:
                           "holdout_labelers": [f"sim-{cfg.labelers - 1}"], "out_dir": str(run_dir / "rm"),
                           "gold_world": str(world_dir), **cfg.rm})
     stage("rm")
-    rm.run(rm_cfg)
+    rm_dir = rm.run(rm_cfg)
     rm_summary = json.loads((Path(rm_cfg.out_dir) / "summary.json").read_text())
     sft_summary = json.loads((Path(sft_cfg.out_dir) / "summary.json").read_text())
+
+    # RLHF twice, as InstructGPT did, so the alignment tax of plain PPO and what ptx saves are both measured
+    ppo_dirs, ppo_runs = {}, {}
+    for name, ptx in (("ppo", {"ptx_coef": 0.0}), ("ppo_ptx", {})):
+        ppo_cfg = load_config(ppo.Config, cfg.ppo_config, {
+            "policy": str(sft_dir), "reward_model": str(rm_dir), "prompts": str(world_dir / "prompts" / "rl.jsonl"),
+            "pretrain_data": [str(corpus / "train.jsonl")], "out_dir": str(run_dir / name),
+            "gold_world": str(world_dir), **cfg.ppo, **ptx})
+        stage(f"{name} (ptx_coef {ppo_cfg.ptx_coef})")
+        ppo_dirs[name], ppo_runs[name] = ppo.run(ppo_cfg), Path(ppo_cfg.out_dir)
+
+    stage("eval: PPO policies against SFT on held-out prompts")
+    evals, greedy_scores = {}, {"sft": sft_scores}
+    for name, policy_dir in ppo_dirs.items():
+        eval_cfg = load_config(evaluate.Config, cfg.eval_config, {
+            "model": str(policy_dir), "baseline": str(sft_dir), "prompts": str(world_dir / "prompts" / "eval.jsonl"),
+            "max_prompts": cfg.eval_prompts, "gold_world": str(world_dir), "reward_model": str(rm_dir),
+            "ppl_corpus": [str(corpus / "val.jsonl")], "out_dir": str(run_dir / "eval" / name),
+            **({"best_of_n": cfg.best_of_n} if name == "ppo_ptx" else {}), **cfg.eval})
+        evals[name] = json.loads(evaluate.run(eval_cfg).read_text())
+        answers = chat_answers(load_causal_lm(policy_dir), tok, eval_prompts, greedy).texts
+        greedy_scores[name] = scorer.score_batch(eval_prompts, answers)
+    base_ppl = heldout_perplexity(base, tok, [str(corpus / "val.jsonl")], eval_cfg.ppl_tokens)
 
     report.add("wall_seconds", time.time() - start, "the whole demo, seconds")
     report.add("unigram_loss", unigram, "held-out loss (nats/token) of the train corpus's unigram model")
@@ -179,6 +211,31 @@ def run(cfg: Config) -> Path:
                "RM pairwise accuracy on the held-out labeler's comparisons")
     report.add("rm_gold_agreement", val.get("gold_agreement"),
                "share of held-out pairs (gold ties excluded) the RM orders as the gold scorer does")
+    ptx_eval, ppo_eval = evals["ppo_ptx"], evals["ppo"]
+    report.add("ppo_gold_score", mean(greedy_scores["ppo"]), "mean gold score of plain PPO's greedy answers "
+               "(same prompts and decoding as sft_gold_score)")
+    report.add("ppo_ptx_gold_score", mean(greedy_scores["ppo_ptx"]), "the same for PPO-ptx")
+    report.add("ppo_ptx_winrate_vs_sft", ptx_eval["winrate_gold"],
+               f"share of held-out samples (T=1, {ptx_eval['samples_per_prompt']} per prompt) where the gold "
+               "judge prefers PPO-ptx's answer to SFT's (ties half)")
+    report.add("ppo_winrate_vs_sft", ppo_eval["winrate_gold"], "the same for plain PPO")
+    report.add("ppo_ptx_winrate_vs_sft_greedy", win_rate(greedy_scores["ppo_ptx"], sft_scores),
+               "gold win rate of PPO-ptx's greedy answers over SFT's greedy answers (ties half)")
+    report.add("ppo_ptx_winrate_vs_sft_rm", ptx_eval["winrate_rm"], "win rate of PPO-ptx over SFT judged by the RM")
+    report.add("sft_sampled_gold_score", ptx_eval["baseline"]["gold_score"], "mean gold score of SFT samples (T=1)")
+    report.add("ppo_sampled_gold_score", ppo_eval["model"]["gold_score"], "mean gold score of plain PPO samples (T=1)")
+    report.add("ppo_ptx_sampled_gold_score", ptx_eval["model"]["gold_score"], "mean gold score of PPO-ptx samples (T=1)")
+    if "best_of_n" in ptx_eval:
+        report.add("bon_gold_score", ptx_eval["best_of_n"]["gold_score"],
+                   f"mean gold score of best-of-{cfg.best_of_n} SFT samples (T=1), the RM picking")
+    report.add("base_ppl", base_ppl, "perplexity of the base model on held-out pretraining text")
+    report.add("sft_ppl", ptx_eval["baseline"]["ppl"], "the same for SFT")
+    report.add("ppo_ppl", ppo_eval["model"]["ppl"], "the same for plain PPO")
+    report.add("ppo_ptx_ppl", ptx_eval["model"]["ppl"], "the same for PPO-ptx (the alignment tax is the rise over SFT)")
+    report.add("ppo_kl", ppo_eval["model"]["kl_to_reference"], "KL(plain PPO || SFT) per response, nats, on its samples")
+    report.add("ppo_ptx_kl", ptx_eval["model"]["kl_to_reference"], "KL(PPO-ptx || SFT) per response, nats")
+    report.add("ppo_ptx_rm_reward", ptx_eval["model"]["reward_mean"], "mean RM reward of PPO-ptx samples "
+               f"(SFT samples: {ptx_eval['baseline']['reward_mean']:.3f})")
     stage_names = list(timings)
     durations = {name: (timings[stage_names[i + 1]] if i + 1 < len(stage_names) else time.time()) - timings[name]
                  for i, name in enumerate(stage_names)}
@@ -186,6 +243,7 @@ def run(cfg: Config) -> Path:
     write_facts_section(report, facts, cfg.few_shot_prompts, eval_prompts, base_answers)
     write_sft_section(report, sft_summary, mean(base_scores))
     write_rm_section(report, rm_summary, labeling)
+    write_ppo_section(report, ppo_runs, evals, {name: mean(scores) for name, scores in greedy_scores.items()})
     write_answers_section(report, eval_prompts, base_answers, base_scores, sft_answers, sft_scores)
     report.section("Time per stage", "| stage | seconds |\n|---|---|\n" + "\n".join(
         f"| {name} | {seconds:.0f} |" for name, seconds in durations.items()))
@@ -193,77 +251,14 @@ def run(cfg: Config) -> Path:
 
     print(f"\nunigram loss {unigram:.3f} | base val loss {base_summary['val_loss']:.3f} | base fact accuracy "
           f"{facts['accuracy']:.1%} | gold score base {mean(base_scores):.3f} -> SFT {mean(sft_scores):.3f} | "
-          f"labelers agree {labeling['agreement']:.3f}, RM val accuracy {val['accuracy']:.3f} | "
+          f"labelers agree {labeling['agreement']:.3f}, RM val accuracy {val['accuracy']:.3f} | PPO-ptx gold "
+          f"{mean(greedy_scores['ppo_ptx']):.3f}, win rate vs SFT {ptx_eval['winrate_gold']:.3f} | ppl SFT "
+          f"{ptx_eval['baseline']['ppl']:.2f}, PPO {ppo_eval['model']['ppl']:.2f}, PPO-ptx {ptx_eval['model']['ppl']:.2f} | "
           f"{time.time() - start:.0f} s")
-    print(f"report card: {md_path}\nscoreboard:  {json_path}\nmodels:      {base_dir}, {sft_dir}, "
-          f"{Path(rm_cfg.out_dir) / 'final'}")
+    print(f"report card: {md_path}\nscoreboard:  {json_path}\nmodels:      {base_dir}, {sft_dir}, {rm_dir}, "
+          f"{ppo_dirs['ppo']}, {ppo_dirs['ppo_ptx']}")
     return md_path
 
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
-
-
-def write_pretrain_section(report: Report, pretrain_dir: Path, unigram: float) -> None:
-    metrics = read_metrics(pretrain_dir)
-    train = [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
-    val = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
-    steps = [s for s, _ in train]
-    series = {"train loss": ([s for s, _ in train], [v for _, v in train]),
-              "val loss": ([s for s, _ in val], [v for _, v in val]),
-              "unigram baseline": ([min(steps, default=0), max(steps, default=1)], [unigram, unigram])}
-    image = report.plot("pretrain_loss", series, "step", "loss (nats/token)", "Pretraining loss")
-    rates = [m["train/tokens_per_s"] for m in metrics if "train/tokens_per_s" in m]
-    rate = sorted(rates)[len(rates) // 2] if rates else math.nan
-    report.section("Pretraining", f"{image}\n\nMedian throughput: {rate:,.0f} tokens/s.")
-
-
-def write_facts_section(report: Report, facts: dict, count: int, prompts: list, answers: list[str]) -> None:
-    rows = ["| fact prompt | answer | base model's greedy completion | correct |", "|---|---|---|---|"]
-    for example in facts["examples"][:12]:
-        completion = example["completion"].replace("\n", " ").replace("|", "/")
-        rows.append(f"| {example['prompt']} | {example['answer']} | {completion} | "
-                    f"{'yes' if example['correct'] else 'no'} |")
-    text = "\n".join(rows)
-    text += "\n\nFew-shot questions (two worked examples in the prompt), greedy:\n\n"
-    text += "\n".join(f"- **{p}** -> {a}" for p, a in zip(prompts[:count], answers[:count]))
-    report.section("Base model samples", text)
-
-
-def write_sft_section(report: Report, summary: dict, base_score: float) -> None:
-    epochs = summary["epochs"]
-    xs = [e["epoch"] for e in epochs]
-    image = report.plot("sft_epochs", {"gold score of answers": (xs, [e.get("score") for e in epochs]),
-                                       "val loss": (xs, [e.get("val_loss") for e in epochs]),
-                                       "base model's gold score": (xs, [base_score] * len(xs))},
-                        "epoch", "value", "SFT: answer score and validation loss per epoch")
-    report.section("SFT", f"{image}\n\nBest epoch by the gold score of greedy answers: {summary['best_epoch']} "
-                          "(chosen on held-out prompts other than the ones scored above).")
-
-
-def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:
-    val = summary["val"]
-    rows = ["| slice | pairwise accuracy |", "|---|---|", f"| all held-out | {val['accuracy']:.3f} |"]
-    rows += [f"| K = {k} | {acc:.3f} |" for k, acc in val["accuracy_by_k"].items()]
-    rows += [f"| labeler {name} | {acc:.3f} |" for name, acc in val["accuracy_by_labeler"].items()]
-    text = "\n".join(rows)
-    text += (f"\n\nTwo independent simulated labelers agree on {labeling['agreement']:.3f} of pairs "
-             f"(noise {labeling['noise']:.3f}; ties in the gold score cap agreement at "
-             f"{labeling['agreement_ceiling']:.3f} on these pools). RM rewards on held-out responses: mean "
-             f"{val['reward_mean']:+.3f}, std {val['reward_std']:.3f}; bias {summary['reward_bias']:+.3f}.")
-    if "gold_agreement" in val:
-        text += f" The RM orders {val['gold_agreement']:.3f} of gold-distinguishable pairs as the gold scorer does"
-        text += " (by prompt kind: " + ", ".join(
-            f"{kind} {share:.3f}" for kind, share in val.get("gold_agreement_by_kind", {}).items()) + ")."
-    report.section("Reward model", text)
-
-
-def write_answers_section(report: Report, prompts, base_answers, base_scores, sft_answers, sft_scores) -> None:
-    def cell(text):
-        return text.replace("\n", " ").replace("|", "/")[:90]
-
-    rows = ["| prompt | base (few-shot) | gold | SFT | gold |", "|---|---|---|---|---|"]
-    for i in range(min(10, len(prompts))):
-        rows.append(f"| {cell(prompts[i])} | {cell(base_answers[i])} | {base_scores[i]:.2f} | "
-                    f"{cell(sft_answers[i])} | {sft_scores[i]:.2f} |")
-    report.section("Answers to held-out prompts (greedy)", "\n".join(rows))

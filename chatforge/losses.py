@@ -53,3 +53,79 @@ def pairwise_accuracy(rewards: torch.Tensor, group_sizes: list[int]) -> tuple[in
         correct += int((group[winners] > group[losers]).sum())
         total += winners.numel()
     return correct, total
+
+
+# ---- RL (PPO) math. Per-token tensors are (batch, R) over the response; `mask` is 1 on real tokens.
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(values - mean) / std over the masked entries (the mean is added back when shift_mean is False)."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + eps)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                         scores: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef * (log pi - log pi_ref) on every response token, plus the sequence's
+    score on its last token. Returns (rewards, kl), both (batch, R), zero on padding."""
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)) & mask.bool()  # one True per non-empty row
+    return rewards + last * scores[:, None], kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; the value after the last real token is 0 (the episode ends).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1}.  Returns (advantages, returns),
+    returns = advantages + values, both zero on padding."""
+    mask = mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value, next_advantage = values[:, t], advantages[:, t]  # 0 past a row's end: padding is masked
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip)).
+
+    Also returns the share of tokens where the clip was active and the approximate KL(old || new)
+    (the k3 estimator, ratio - 1 - log ratio), both detached."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clip_fraction": masked_mean((clipped > unclipped).float(), mask).item(),
+                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item()}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss: 0.5 * mean over tokens of max((V - R)^2, (V_clipped - R)^2), where V_clipped stays
+    within `clip` of the rollout's values. Also returns the share of tokens where the clip was active."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    with torch.no_grad():
+        stats = {"value_clip_fraction": masked_mean((clipped_error > unclipped_error).float(), mask).item()}
+    return loss, stats
+
+
+def adaptive_kl_coef(kl_coef: float, kl: float, target: float, horizon: int, batch_size: int) -> float:
+    """Ziegler et al. (2019)'s proportional controller: move beta so the measured KL approaches the target.
+
+    error = clip(kl / target - 1, -0.2, 0.2);  beta <- beta * (1 + error * batch_size / horizon)."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * batch_size / horizon)

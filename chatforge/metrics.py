@@ -15,13 +15,20 @@ from tqdm import tqdm
 
 
 class MetricsLogger:
-    """Append-only metrics for one run folder; safe to reopen when a run resumes."""
+    """Append-only metrics for one run folder.
+
+    start_step: the step the run starts from (its resume checkpoint's, 0 for a fresh run). Lines of an
+    earlier run past that step are dropped, so a resumed run's file has every step once and a fresh
+    run's file starts empty."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, wandb_project: str | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, start_step: int = 0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.run_dir / "metrics.jsonl", "a")
+        path = self.run_dir / "metrics.jsonl"
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= start_step] if start_step and path.exists() else []
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.file = open(path, "a")
         self.tb = None
         if tensorboard:
             try:

@@ -7,7 +7,9 @@ import pytest
 from chatforge.cli import main
 
 REQUIRED_KEYS = ("wall_seconds", "unigram_loss", "base_val_loss", "base_fact_accuracy", "labeler_agreement",
-                 "rm_val_accuracy", "base_gold_score", "sft_gold_score")
+                 "rm_val_accuracy", "base_gold_score", "sft_gold_score", "ppo_gold_score", "ppo_ptx_gold_score",
+                 "ppo_ptx_winrate_vs_sft", "bon_gold_score", "base_ppl", "sft_ppl", "ppo_ppl", "ppo_ptx_ppl",
+                 "ppo_ptx_kl")
 
 
 @pytest.mark.slow
@@ -19,7 +21,9 @@ def test_demo_end_to_end(tmp_path, capsys):
                  "world.calibration_prompts=40", "tokenizer.vocab_size=512",
                  "pretrain.max_steps=40", "pretrain.eval_every=20", "pretrain.save_every=20", "pretrain.batch_size=8",
                  "pretrain.seq_len=128", "sft.epochs=2", "sft.max_len=128", "rm.max_len=128", "eval_prompts=20",
-                 "select_prompts=20", "comparison_prompts=60"])
+                 "select_prompts=20", "comparison_prompts=60", "ppo.steps=3", "ppo.rollout_batch=8",
+                 "ppo.minibatch_size=4", "ppo.ptx_seq_len=64", "eval.samples_per_prompt=1", "eval.ppl_tokens=1024",
+                 "best_of_n=2"])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((run_dir / "report.json").read_text())
@@ -27,7 +31,9 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert isinstance(report[key], (int, float)), key
     assert report["base_val_loss"] < report["unigram_loss"]
     assert (run_dir / "report.md").read_text().count("![") >= 2
-    assert (run_dir / "plots" / "pretrain_loss.png").exists()
+    for plot in ("pretrain_loss", "ppo_reward", "ppo_gold", "ppo_kl"):
+        assert (run_dir / "plots" / f"{plot}.png").exists(), plot
+    assert report["base_ppl"] > 1.0 and 0.0 <= report["ppo_ptx_winrate_vs_sft"] <= 1.0
     assert "report card:" in out
 
 

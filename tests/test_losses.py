@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from chatforge.losses import IGNORE_INDEX, masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy
+from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, policy_loss, value_loss, whiten,
+                              IGNORE_INDEX, masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy)
 
 
 def nll_sigmoid(x):
@@ -53,3 +54,83 @@ def test_masked_mean_and_token_loss():
     logits = torch.zeros(1, 3, 4)
     labels = torch.tensor([[1, IGNORE_INDEX, 3]])
     assert token_cross_entropy(logits, labels).item() == pytest.approx(math.log(4))
+
+
+# ---- RL math, against values worked out by hand (see each test's comment)
+
+def test_kl_penalized_rewards_put_the_score_on_the_last_real_token():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -9.0]])
+    ref_logprobs = torch.tensor([[-1.5, -2.0, -2.0], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    rewards, kl = kl_penalized_rewards(logprobs * mask, ref_logprobs * mask, mask, torch.tensor([2.0, -1.0]), 0.1)
+    # kl = logprobs - ref = [0.5, 0, -1] and [1, 0, (pad)]; rewards = -0.1 * kl, + score on the last real token
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, -1.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 0.0, 2.1], [-0.1, -1.0, 0.0]]))
+
+
+def test_gae_by_hand_with_padding():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 5.0]])  # the 5 is padding and must not count
+    values = torch.tensor([[0.5, 0.4, 0.3], [1.0, 1.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # row 0: d2 = 1 - 0.3 = 0.7, A2 = 0.7; d1 = 0.3 - 0.4 = -0.1, A1 = -0.1 + 0.5 * 0.7 = 0.25;
+    #        d0 = 0.4 - 0.5 = -0.1, A0 = -0.1 + 0.5 * 0.25 = 0.025
+    # row 1: A1 = 2 + 0 - 1 = 1 (the episode ends there), A0 = (0 + 1 - 1) + 0.5 * 1 = 0.5
+    assert torch.allclose(advantages, torch.tensor([[0.025, 0.25, 0.7], [0.5, 1.0, 0.0]]))
+    assert torch.allclose(returns, torch.tensor([[0.525, 0.65, 1.0], [1.5, 2.0, 0.0]]))
+
+
+def test_gae_discounts():
+    advantages, returns = gae(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2), torch.ones(1, 2), gamma=0.9, lam=1.0)
+    # A1 = 2; A0 = 1 + 0.9 * 0 - 0 + 0.9 * 1 * 2 = 2.8 (Monte Carlo return with zero values)
+    assert torch.allclose(advantages, torch.tensor([[2.8, 2.0]]))
+    assert torch.allclose(returns, advantages)
+
+
+def test_whiten_ignores_padding():
+    values = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # mean 2, variance (1 + 0 + 1) / 3 = 2/3 -> (v - 2) / sqrt(2/3)
+    expected = torch.tensor([[-1.224745, 0.0, 1.224745, 0.0]])
+    assert torch.allclose(whiten(values, mask), expected, atol=1e-5)
+    assert torch.allclose(whiten(values, mask, shift_mean=False), (expected + 2) * mask, atol=1e-5)
+
+
+def test_policy_loss_clips_by_hand():
+    ratios = torch.tensor([[1.5, 0.5, 1.0, 0.5, 7.0]])
+    old = torch.zeros(1, 5)
+    advantages = torch.tensor([[1.0, 1.0, -2.0, -1.0, 3.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])  # the last token is padding
+    loss, stats = policy_loss(torch.log(ratios), old, advantages, mask, clip=0.2)
+    # per token max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2 (clipped); max(-0.5, -0.8) = -0.5;
+    # max(2, 2) = 2; max(0.5, 0.8) = 0.8 (clipped)  -> mean 0.275, clip fraction 2/4
+    assert loss.item() == pytest.approx(0.275)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+    # k3: r - 1 - log r = 0.094535, 0.193147, 0, 0.193147 -> mean 0.120207
+    assert stats["approx_kl"] == pytest.approx(0.120207, abs=1e-6)
+
+
+def test_policy_loss_gradient_is_zero_where_clipped():
+    logprobs = torch.log(torch.tensor([[1.5, 1.1]])).requires_grad_()
+    loss, _ = policy_loss(logprobs, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), clip=0.2)
+    loss.backward()
+    # token 0 is clipped (no gradient); token 1: d/dlogp of -A * exp(logp) / 2 = -1.1 / 2
+    assert torch.allclose(logprobs.grad, torch.tensor([[0.0, -0.55]]))
+
+
+def test_value_loss_clips_by_hand():
+    values = torch.tensor([[1.5, 0.9, 50.0]])
+    old_values = torch.tensor([[1.0, 1.0, 0.0]])
+    returns = torch.tensor([[2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, stats = value_loss(values, old_values, returns, mask, clip=0.2)
+    # token 0: clipped value 1.2 -> max((1.5-2)^2, (1.2-2)^2) = 0.64 (clip active); token 1: 0.81 both
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
+    assert stats["value_clip_fraction"] == pytest.approx(0.5)
+
+
+def test_adaptive_kl_coef_moves_toward_the_target():
+    # error = clip(6/4 - 1, -0.2, 0.2) = 0.2 -> 0.1 * (1 + 0.2 * 10 / 100) = 0.102
+    assert adaptive_kl_coef(0.1, 6.0, 4.0, 100, 10) == pytest.approx(0.102)
+    # error = 3.6/4 - 1 = -0.1 -> 0.1 * (1 - 0.1 * 10 / 100) = 0.099
+    assert adaptive_kl_coef(0.1, 3.6, 4.0, 100, 10) == pytest.approx(0.099)

@@ -42,18 +42,24 @@ def build_reward_model(sft_dir, pad_token_id: int | None):
     return model
 
 
-def load_reward_model(path, device=None):
-    """Load a reward-model folder, refusing folders that are not one-label sequence classifiers."""
-    from transformers import AutoModelForSequenceClassification
-
+def check_reward_model_dir(path, field: str = "reward_model") -> Path:
+    """The folder, if its config.json describes a one-label sequence classifier (reads no weights)."""
     path = check_model_dir(path)
     config = json.loads((path / "config.json").read_text())
     architectures = config.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures) or config.get("num_labels", 1) != 1 \
             or len(config.get("id2label", {"0": ""})) != 1:
         raise ChatforgeError(
-            f"{path}: not a reward model (config.json architectures {architectures}); give a folder written "
-            "by `chatforge rm` (a one-label AutoModelForSequenceClassification)")
+            f"{path}: field '{field}': not a reward model (config.json architectures {architectures}); give a "
+            "folder written by `chatforge rm` (a one-label AutoModelForSequenceClassification)")
+    return path
+
+
+def load_reward_model(path, device=None):
+    """Load a reward-model folder, refusing folders that are not one-label sequence classifiers."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = check_reward_model_dir(path)
     quiet_transformers()
     model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
     if device is not None:

@@ -151,13 +151,13 @@ def run(cfg: Config) -> Path:
         optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
     state = {"step": 0, "blocks_seen": 0, "tokens_seen": 0}
     if resume_from is not None:
-        state.update(load_trainer_state(resume_from, optimizer, scheduler))
+        state.update(load_trainer_state(resume_from, {"optimizer": optimizer, "scheduler": scheduler}))
 
     train_blocks = PackedBlocks(cfg.corpus, tokenizer, cfg.seq_len, cfg.text_field, cfg.shuffle_buffer, cfg.seed)
     batches = train_blocks.batches(cfg.batch_size, skip_blocks=state["blocks_seen"])
     val_batches = (validation_batches(cfg.val_corpus, tokenizer, cfg.seq_len, cfg.val_tokens, cfg.batch_size,
                                       cfg.text_field) if cfg.val_corpus else [])
-    logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg))
+    logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
     n_params = count_parameters(model)
     print(f"pretrain: {n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens vocabulary, device {device}"
           f"{', ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}")
@@ -208,7 +208,7 @@ def run(cfg: Config) -> Path:
             logger.log(step, {"val/loss": last_val, "val/ppl": math.exp(min(last_val, 50))})
             progress.write(f"step {step}: val loss {last_val:.4f} (ppl {math.exp(min(last_val, 50)):.2f})")
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            save_checkpoint(out_dir, step, model, tokenizer, optimizer, scheduler,
+            save_checkpoint(out_dir, step, model, tokenizer, {"optimizer": optimizer, "scheduler": scheduler},
                             {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
     progress.close()
     if val_batches and last_val is None:  # resumed a finished run: still report its validation loss

@@ -185,9 +185,9 @@ def run(cfg: Config) -> Path:
         optimizer, warmup_cosine(max(1, int(cfg.warmup_ratio * total_steps)), total_steps, cfg.min_lr_ratio))
     state = {"step": 0, "epoch": 0, "epochs": [], "best_epoch": None, "best_key": None}
     if resume_from is not None:
-        state.update(load_trainer_state(resume_from, optimizer, scheduler))
+        state.update(load_trainer_state(resume_from, {"optimizer": optimizer, "scheduler": scheduler}))
         print(f"sft: resuming after epoch {state['epoch']} from {resume_from}")
-    logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg))
+    logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
     print(f"sft: {len(train_rows)} training sequences ({'packed' if cfg.packing else 'one chat each'}, "
           f"max {max_len} tokens), {steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
 
@@ -243,7 +243,7 @@ def run(cfg: Config) -> Path:
         if state["best_key"] is None or key > state["best_key"] or not (eval_prompts or val_rows):
             state["best_key"], state["best_epoch"] = key, epoch + 1
             save_hf_folder(weights, tokenizer, out_dir / "best")
-        save_checkpoint(out_dir, state["step"], weights, tokenizer, optimizer, scheduler,
+        save_checkpoint(out_dir, state["step"], weights, tokenizer, {"optimizer": optimizer, "scheduler": scheduler},
                         {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
     progress.close()
     logger.close()

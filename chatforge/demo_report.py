@@ -1,0 +1,137 @@
+"""The demo's report card: one section per stage, with plots, written from the stages' own output files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from chatforge.eval.report import Report
+from chatforge.metrics import read_metrics
+
+
+def write_pretrain_section(report: Report, pretrain_dir: Path, unigram: float) -> None:
+    metrics = read_metrics(pretrain_dir)
+    train = [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
+    val = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
+    steps = [s for s, _ in train]
+    series = {"train loss": ([s for s, _ in train], [v for _, v in train]),
+              "val loss": ([s for s, _ in val], [v for _, v in val]),
+              "unigram baseline": ([min(steps, default=0), max(steps, default=1)], [unigram, unigram])}
+    image = report.plot("pretrain_loss", series, "step", "loss (nats/token)", "Pretraining loss")
+    rates = [m["train/tokens_per_s"] for m in metrics if "train/tokens_per_s" in m]
+    rate = sorted(rates)[len(rates) // 2] if rates else math.nan
+    report.section("Pretraining", f"{image}\n\nMedian throughput: {rate:,.0f} tokens/s.")
+
+
+def write_facts_section(report: Report, facts: dict, count: int, prompts: list, answers: list[str]) -> None:
+    rows = ["| fact prompt | answer | base model's greedy completion | correct |", "|---|---|---|---|"]
+    for example in facts["examples"][:12]:
+        completion = example["completion"].replace("\n", " ").replace("|", "/")
+        rows.append(f"| {example['prompt']} | {example['answer']} | {completion} | "
+                    f"{'yes' if example['correct'] else 'no'} |")
+    text = "\n".join(rows)
+    text += "\n\nFew-shot questions (two worked examples in the prompt), greedy:\n\n"
+    text += "\n".join(f"- **{p}** -> {a}" for p, a in zip(prompts[:count], answers[:count]))
+    report.section("Base model samples", text)
+
+
+def write_sft_section(report: Report, summary: dict, base_score: float) -> None:
+    epochs = summary["epochs"]
+    xs = [e["epoch"] for e in epochs]
+    image = report.plot("sft_epochs", {"gold score of answers": (xs, [e.get("score") for e in epochs]),
+                                       "val loss": (xs, [e.get("val_loss") for e in epochs]),
+                                       "base model's gold score": (xs, [base_score] * len(xs))},
+                        "epoch", "value", "SFT: answer score and validation loss per epoch")
+    report.section("SFT", f"{image}\n\nBest epoch by the gold score of greedy answers: {summary['best_epoch']} "
+                          "(chosen on held-out prompts other than the ones scored above).")
+
+
+def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:
+    val = summary["val"]
+    rows = ["| slice | pairwise accuracy |", "|---|---|", f"| all held-out | {val['accuracy']:.3f} |"]
+    rows += [f"| K = {k} | {acc:.3f} |" for k, acc in val["accuracy_by_k"].items()]
+    rows += [f"| labeler {name} | {acc:.3f} |" for name, acc in val["accuracy_by_labeler"].items()]
+    text = "\n".join(rows)
+    text += (f"\n\nTwo independent simulated labelers agree on {labeling['agreement']:.3f} of pairs "
+             f"(noise {labeling['noise']:.3f}; ties in the gold score cap agreement at "
+             f"{labeling['agreement_ceiling']:.3f} on these pools). RM rewards on held-out responses: mean "
+             f"{val['reward_mean']:+.3f}, std {val['reward_std']:.3f}; bias {summary['reward_bias']:+.3f}.")
+    if "gold_agreement" in val:
+        text += f" The RM orders {val['gold_agreement']:.3f} of gold-distinguishable pairs as the gold scorer does"
+        text += " (by prompt kind: " + ", ".join(
+            f"{kind} {share:.3f}" for kind, share in val.get("gold_agreement_by_kind", {}).items()) + ")."
+    report.section("Reward model", text)
+
+
+def write_answers_section(report: Report, prompts, base_answers, base_scores, sft_answers, sft_scores) -> None:
+    def cell(text):
+        return text.replace("\n", " ").replace("|", "/")[:90]
+
+    rows = ["| prompt | base (few-shot) | gold | SFT | gold |", "|---|---|---|---|---|"]
+    for i in range(min(10, len(prompts))):
+        rows.append(f"| {cell(prompts[i])} | {cell(base_answers[i])} | {base_scores[i]:.2f} | "
+                    f"{cell(sft_answers[i])} | {sft_scores[i]:.2f} |")
+    report.section("Answers to held-out prompts (greedy)", "\n".join(rows))
+
+
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what there is so far)."""
+    return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+            for i in range(len(values))]
+
+
+def overoptimization(metrics: list[dict], window: int = 10) -> dict:
+    """Where the gold score stops following the RM reward: the step of the smoothed gold score's peak, and
+    how reward and gold moved from the first window to the peak and from the peak to the end."""
+    steps = [m["step"] for m in metrics]
+    reward = smoothed([m["rollout/reward"] for m in metrics], window)
+    gold = smoothed([m["rollout/gold_score"] for m in metrics], window)
+    peak = max(range(window - 1, len(gold)), key=gold.__getitem__, default=len(gold) - 1)
+    start = min(window - 1, len(gold) - 1)
+    return {"peak_step": steps[peak], "gold_start": gold[start], "gold_peak": gold[peak], "gold_end": gold[-1],
+            "reward_start": reward[start], "reward_peak": reward[peak], "reward_end": reward[-1]}
+
+
+def write_ppo_section(report: Report, runs: dict[str, Path], evals: dict[str, dict], greedy: dict[str, float]) -> None:
+    """Training curves of the PPO runs, where gold stops following reward, and the held-out comparison."""
+    metrics = {name: read_metrics(folder) for name, folder in runs.items()}
+    images = []
+    for key, label, name in (("rollout/reward", "RM reward (raw)", "ppo_reward"),
+                             ("rollout/gold_score", "gold score", "ppo_gold"),
+                             ("rollout/kl", "KL to SFT per response (nats)", "ppo_kl")):
+        series = {}
+        for run, rows in metrics.items():
+            xs, ys = [m["step"] for m in rows], [m[key] for m in rows]
+            series[f"{run} (5-step mean)"] = (xs, smoothed(ys, 5))
+        images.append(report.plot(name, series, "PPO step", label, f"PPO rollouts: {label}"))
+    lines = [" ".join(images), ""]
+    for run, rows in metrics.items():
+        shape = overoptimization(rows)
+        tail = ("the gold score was still at its peak at the end: no over-optimization within this run"
+                if shape["peak_step"] == rows[-1]["step"] else
+                f"after it the RM reward went {shape['reward_peak']:.3f} -> {shape['reward_end']:.3f} while the "
+                f"gold score went {shape['gold_peak']:.3f} -> {shape['gold_end']:.3f}"
+                + (" (reward over-optimization)" if shape["gold_end"] < shape["gold_peak"] - 0.03 else ""))
+        lines.append(f"- **{run}**: over the rollouts (10-step means), RM reward {shape['reward_start']:.3f} -> "
+                     f"{shape['reward_peak']:.3f} and gold score {shape['gold_start']:.3f} -> {shape['gold_peak']:.3f} "
+                     f"up to step {shape['peak_step']}; {tail}.")
+    first = next(iter(evals.values()))
+    n = first["samples_per_prompt"]
+    rows = ["", f"Held-out prompts ({first['prompts']} prompts x {n} samples at temperature 1, each sample "
+                "against the SFT model's sample of the same prompt; ties count half):", "",
+            "| policy | gold (greedy) | gold (T=1) | RM reward | KL to SFT | held-out ppl | length | "
+            "win rate vs SFT (gold) | win rate vs SFT (RM) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name, numbers, greedy_gold, win_gold="-", win_rm="-"):
+        cells = [greedy_gold, numbers["gold_score"], numbers["reward_mean"], numbers["kl_to_reference"],
+                 numbers["ppl"], numbers["response_length"]]
+        shown = [f"{c:.3f}" if isinstance(c, float) else "-" for c in cells]
+        return f"| {name} | " + " | ".join(shown + [f"{win_gold:.3f}" if isinstance(win_gold, float) else win_gold,
+                                                     f"{win_rm:.3f}" if isinstance(win_rm, float) else win_rm]) + " |"
+
+    rows.append(row("SFT", first["baseline"], greedy.get("sft")))
+    if "best_of_n" in first:
+        rows.append(row(f"best-of-{first['best_of_n']['n']} of SFT (RM picks)", first["best_of_n"], None))
+    for run, result in evals.items():
+        rows.append(row(run, result["model"], greedy.get(run), result.get("winrate_gold"), result.get("winrate_rm")))
+    report.section("RLHF: PPO and PPO-ptx", "\n".join(lines + rows))

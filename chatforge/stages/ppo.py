@@ -1,0 +1,359 @@
+"""Stage 5: RLHF with PPO-ptx. Four roles:
+
+    actor      the policy being trained, starts as the SFT model
+    critic     per-token values, starts as the reward model (its scalar head read at every token)
+    reference  the frozen SFT model, for the per-token KL penalty
+    reward     the frozen reward model, read at the last token of each response
+
+Each step: sample one response per prompt for `rollout_batch` RL prompts (temperature 1 by default)
+-> score them: the policy's and the reference's logprobs, the critic's values, the RM's reward
+(normalised by the mean/std of rewards of SFT samples measured before training; minus a penalty if
+the response never ended) -> per-token rewards -beta * (log pi - log pi_ref), with the score added
+at the last token -> GAE advantages, whitened -> `ppo_epochs` passes of minibatches with the clipped
+policy loss + gamma * the pretraining LM loss (PPO-ptx; ptx_coef = 0 is plain PPO) for the actor,
+and the clipped value loss for the critic. Dropout is off in every role (all models stay in eval
+mode), padding is masked out of every loss, and beta is fixed or adapted to a target KL.
+
+    out_dir/metrics.jsonl, tensorboard/   per step: reward, gold score, KL, entropy, clip fraction,
+                                          losses, response length, tokens/s, time split
+    out_dir/checkpoints/step_N/           the actor (HF folder) + critic/ + optimizers + counters
+    out_dir/final/                        the trained policy (LoRA merged): a plain HF folder
+    out_dir/summary.json                  first/last numbers and the reward normalisation
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge.config import opt, require_positive, save_config, to_dict
+from chatforge.data.chat import chat_prompt_ids
+from chatforge.data.corpus import iter_documents
+from chatforge.data.formats import read_prompts
+from chatforge.data.packing import PackedBlocks
+from chatforge.errors import ChatforgeError
+from chatforge.eval.judges import load_judge
+from chatforge.generation import SamplingParams, generate
+from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, policy_loss,
+                              token_cross_entropy, value_loss, whiten)
+from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer, save_hf_folder
+from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
+from chatforge.models.scoring import (entropy, join_rollout, response_logits, response_logprobs, response_values,
+                                      token_logprobs)
+from chatforge.models.trainable import configure_trainable, plain_model
+from chatforge.optim import build_optimizer, warmup_cosine
+from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+
+
+@dataclass
+class Config:
+    policy: str = opt("", "SFT model folder: the actor starts from it and it is the frozen reference")
+    reward_model: str = opt("", "reward-model folder (written by `chatforge rm`), frozen")
+    critic: str = opt("", "reward-model folder the critic starts from ('' = reward_model)")
+    prompts: str = opt("", 'JSONL of {"prompt": ...} RL prompts (no responses needed)')
+    pretrain_data: list[str] = opt([], "pretraining text (.jsonl/.txt/.parquet) for the ptx loss")
+    out_dir: str = opt("runs/ppo", "run folder")
+    steps: int = opt(100, "rollout batches (PPO iterations)")
+    rollout_batch: int = opt(64, "prompts sampled per step, one response each")
+    max_new_tokens: int = opt(48, "longest response; a response cut here never ended and is penalised")
+    temperature: float = opt(1.0, "sampling temperature of the rollouts (the logprobs use the same)")
+    long_prompts: Literal["error", "drop"] = opt(
+        "error", "a prompt with no room for max_new_tokens in the context: stop with an error, or drop it")
+    ppo_epochs: int = opt(4, "passes over each rollout batch")
+    minibatch_size: int = opt(16, "responses per PPO minibatch (one optimizer step each)")
+    learning_rate: float = opt(1e-5, "actor learning rate")
+    critic_learning_rate: float = opt(1e-5, "critic learning rate")
+    min_lr_ratio: float = opt(1.0, "final learning rate as a share of the peak (1 = constant, <1 = cosine decay)")
+    weight_decay: float = opt(0.0, "AdamW weight decay on matrices")
+    grad_clip: float = opt(1.0, "clip each model's gradient norm to this (0 = off)")
+    kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty to the reference (InstructGPT: 0.02)")
+    target_kl: float = opt(0.0, "adapt beta so the KL per response approaches this (0 = fixed beta)")
+    kl_horizon: int = opt(10000, "horizon of the adaptive KL controller, in responses")
+    gamma: float = opt(1.0, "discount of GAE")
+    lam: float = opt(0.95, "lambda of GAE")
+    clip_range: float = opt(0.2, "PPO clip of the policy ratio")
+    value_clip_range: float = opt(0.2, "clip of the critic's change from its rollout values")
+    normalize_reward: bool = opt(True, "divide RM rewards by (subtract the mean of) rewards of SFT samples")
+    missing_eos_penalty: float = opt(1.0, "subtracted from the (normalised) reward of a response that never ended")
+    ptx_coef: float = opt(0.0, "gamma of PPO-ptx: weight of the pretraining LM loss (0 = plain PPO)")
+    ptx_batch_size: int = opt(8, "pretraining sequences per PPO minibatch")
+    ptx_seq_len: int = opt(0, "tokens per pretraining sequence (0 = the model's context)")
+    freeze_layers: int = opt(0, "freeze the actor's embeddings and this many lowest layers")
+    lora_r: int = opt(0, "LoRA rank for the actor (0 = full fine-tuning); the saved policy has it merged")
+    lora_alpha: float = opt(16.0, "LoRA alpha")
+    lora_targets: str = opt("all-linear", "modules that get adapters (PEFT target_modules)")
+    gold_world: str = opt("", "built-in world folder: log the gold score of every rollout batch")
+    log_every: int = opt(1, "steps between progress-bar updates of the metrics (every step is logged)")
+    save_every: int = opt(50, "steps between checkpoints (0 = only at the end)")
+    keep_last: int = opt(1, "resume checkpoints kept")
+    resume: bool = opt(True, "continue from the newest checkpoint in out_dir if there is one")
+    seed: int = opt(0, "seed for prompt order, sampling and minibatches")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
+    dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    tensorboard: bool = opt(True, "also write TensorBoard event files")
+    wandb_project: str = opt("", "log to this Weights & Biases project too (needs wandb)")
+
+    def validate(self):
+        """Check everything that can be checked before a model is loaded."""
+        for name in ("policy", "reward_model", "prompts"):
+            if not getattr(self, name):
+                raise ChatforgeError(f"ppo: field '{name}' is empty")
+        check_model_dir(self.policy)
+        check_reward_model_dir(self.reward_model, "reward_model")
+        if self.critic:
+            check_reward_model_dir(self.critic, "critic")
+        if not Path(self.prompts).is_file():
+            raise ChatforgeError(f"{self.prompts}: field 'prompts': file does not exist")
+        if self.ptx_coef > 0 and not self.pretrain_data:
+            raise ChatforgeError("ppo: ptx_coef > 0 needs field 'pretrain_data' (pretraining text files)")
+        require_positive(self, "ppo", ("steps", "rollout_batch", "max_new_tokens", "ppo_epochs", "minibatch_size",
+                                       "temperature", "kl_horizon", "log_every"))
+        if self.minibatch_size > self.rollout_batch:
+            raise ChatforgeError(f"ppo: minibatch_size {self.minibatch_size} is larger than rollout_batch "
+                                 f"{self.rollout_batch}")
+
+
+def load_rl_prompts(cfg: Config, tokenizer, context: int) -> list[tuple]:
+    """(prompt, token ids with the chat template + assistant header) of each RL prompt, checked against the context."""
+    prompts, too_long = [], []
+    for prompt, source in read_prompts(cfg.prompts):
+        ids = chat_prompt_ids(tokenizer, prompt)
+        if len(ids) + cfg.max_new_tokens > context:
+            too_long.append(f"{source} ({len(ids)} tokens)")
+            continue
+        prompts.append((prompt, ids))
+    if too_long and cfg.long_prompts == "error":
+        raise ChatforgeError(
+            f"{len(too_long)} prompt(s) leave no room for max_new_tokens {cfg.max_new_tokens} in the model's "
+            f"context of {context} tokens, e.g. {', '.join(too_long[:3])}; shorten them, lower max_new_tokens, "
+            "or set long_prompts=drop")
+    if too_long:
+        print(f"ppo: dropped {len(too_long)} prompts too long for the context")
+    if not prompts:
+        raise ChatforgeError(f"{cfg.prompts}: no prompt fits in the context")
+    return prompts
+
+
+def step_prompts(prompts: list, step: int, batch: int, seed: int) -> list:
+    """The prompts of rollout batch `step`: a fresh seeded shuffle per pass, so a resumed run gets the same ones."""
+    chosen = []
+    for position in range(step * batch, (step + 1) * batch):
+        epoch, index = divmod(position, len(prompts))
+        order = list(range(len(prompts)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        chosen.append(prompts[order[index]])
+    return chosen
+
+
+@torch.no_grad()
+def rollout(actor, tokenizer, prompt_ids: list[list[int]], cfg: Config, seed: int, device) -> tuple:
+    """Sample one response per prompt; return (GenerationResult, its tensors on device)."""
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
+                            seed=seed)
+    result = generate(actor, tokenizer, prompt_ids, params)
+    return result, result.to_tensors(device=device)
+
+
+@torch.no_grad()
+def rm_scores(reward_model, tensors: dict) -> torch.Tensor:
+    """The RM's reward of each prompt + response (at its last token). # (batch,)"""
+    input_ids, attention_mask, _ = join_rollout(tensors)
+    return sequence_rewards(reward_model, input_ids, attention_mask)
+
+
+def trim(tensors: dict, rows: torch.Tensor) -> dict:
+    """The minibatch `rows`, with columns that are padding in every chosen row cut away."""
+    picked = {name: t[rows] for name, t in tensors.items()}
+    prompt_start = int((picked["prompt_mask"].sum(0) > 0).nonzero()[0])
+    response_end = int(picked["response_mask"].sum(1).max())
+    return {name: (t[:, prompt_start:] if name.startswith("prompt") else t[:, :response_end])
+            for name, t in picked.items()}
+
+
+def run(cfg: Config) -> Path:
+    """Train the policy with PPO(-ptx) against the reward model; return the final policy folder."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.dtype, device)
+    critic_dir = cfg.critic or cfg.reward_model
+
+    # every input is checked before any weights load
+    tokenizer = load_tokenizer(cfg.policy)
+    for path, field in ((cfg.reward_model, "reward_model"), (critic_dir, "critic")):
+        check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(path), path, field)
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(cfg.policy), "max_position_embeddings", None) or 2048
+    prompts = load_rl_prompts(cfg, tokenizer, context)
+    ptx_seq_len = min(cfg.ptx_seq_len or context, context) - 1
+    if cfg.ptx_coef > 0:
+        next(iter(iter_documents(cfg.pretrain_data, "text")))  # an unreadable corpus fails now, not mid-run
+
+    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    actor = load_causal_lm(resume_from or cfg.policy, device=device)
+    actor = configure_trainable(actor, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
+    reference = load_causal_lm(cfg.policy, device=device).requires_grad_(False)
+    reward_model = load_reward_model(cfg.reward_model, device).requires_grad_(False)
+    critic = load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
+    for model in (actor, reference, reward_model, critic):
+        model.eval()  # dropout off in every role: the rollout policy must be the policy being scored
+    save_config(cfg, out_dir / "config.yaml")
+
+    minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
+    total_updates = cfg.steps * cfg.ppo_epochs * minibatches
+    actor_opt = build_optimizer(actor, cfg.learning_rate, cfg.weight_decay)
+    critic_opt = build_optimizer(critic, cfg.critic_learning_rate, cfg.weight_decay)
+    schedule = warmup_cosine(0, total_updates, cfg.min_lr_ratio)
+    actor_sched = torch.optim.lr_scheduler.LambdaLR(actor_opt, schedule)
+    critic_sched = torch.optim.lr_scheduler.LambdaLR(critic_opt, schedule)
+    stateful = {"actor_optimizer": actor_opt, "critic_optimizer": critic_opt,
+                "actor_scheduler": actor_sched, "critic_scheduler": critic_sched}
+    state = {"step": 0, "kl_coef": cfg.kl_coef, "reward_mean": 0.0, "reward_std": 1.0, "ptx_blocks": 0,
+             "first": None, "last": None}
+    if resume_from is not None:
+        state.update(load_trainer_state(resume_from, stateful))
+        print(f"ppo: resuming after step {state['step']} from {resume_from}")
+    elif cfg.normalize_reward:
+        # reward normalisation: the scale of SFT samples' rewards, measured once before any update
+        first_prompts = step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1)
+        _, tensors = rollout(actor, tokenizer, [ids for _, ids in first_prompts], cfg, cfg.seed + 1, device)
+        with autocast(device, amp_dtype):
+            scores = rm_scores(reward_model, tensors)
+        state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
+    ptx_batches = None
+    if cfg.ptx_coef > 0:
+        blocks = PackedBlocks(cfg.pretrain_data, tokenizer, ptx_seq_len, seed=cfg.seed)
+        ptx_batches = blocks.batches(cfg.ptx_batch_size, skip_blocks=state["ptx_blocks"])
+    judge = load_judge(cfg.gold_world)
+    logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
+    print(f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.rollout_batch} rollouts, {cfg.ppo_epochs} epochs "
+          f"of {minibatches} minibatches, beta {state['kl_coef']}, ptx_coef {cfg.ptx_coef}; SFT rewards "
+          f"{state['reward_mean']:.3f} +- {state['reward_std']:.3f}")
+
+    progress = progress_bar(cfg.steps, "ppo", state["step"])
+    while state["step"] < cfg.steps:
+        step = state["step"]
+        step_start = time.perf_counter()
+        batch_prompts = step_prompts(prompts, step, cfg.rollout_batch, cfg.seed)
+        result, rollout_batch = rollout(actor, tokenizer, [ids for _, ids in batch_prompts], cfg,
+                                        cfg.seed * 1_000_003 + step, device)
+        generated = time.perf_counter()
+
+        # score: logprobs of both policies, values, rewards -> advantages (nothing here gets gradients)
+        input_ids, attention_mask, prompt_width = join_rollout(rollout_batch)
+        mask = rollout_batch["response_mask"].float()  # (batch, R)
+        with torch.no_grad(), autocast(device, amp_dtype):
+            # in fp32 the sampler's own logprobs match a fresh forward pass to ~1e-5, so that pass is skipped;
+            # under bf16 the cached decoding drifts from a full pass, and the PPO ratio must start at 1
+            old_logprobs = rollout_batch["logprobs"] if amp_dtype is None else \
+                response_logprobs(actor, input_ids, attention_mask, prompt_width, cfg.temperature)
+            ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
+            old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
+            raw_scores = rm_scores(reward_model, rollout_batch)
+        finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
+        scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
+        scores = scores - cfg.missing_eos_penalty * (1.0 - finished)
+        rewards, kl = kl_penalized_rewards(old_logprobs * mask, ref_logprobs * mask, mask, scores, state["kl_coef"])
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = whiten(advantages, mask)
+        rollout_batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages,
+                             returns=returns)
+        scored = time.perf_counter()
+
+        # train: ppo_epochs passes of shuffled minibatches
+        stats: dict[str, list[float]] = {}
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(cfg.rollout_batch, generator=generator).to(device)
+            for first in range(0, cfg.rollout_batch, cfg.minibatch_size):
+                mb = trim(rollout_batch, order[first:first + cfg.minibatch_size])
+                mb_ids, mb_attention, mb_prompt = join_rollout(mb)
+                mb_mask = mb["response_mask"].float()
+                with autocast(device, amp_dtype):
+                    logits = response_logits(actor, mb_ids, mb_attention, mb_prompt, cfg.temperature)
+                    logprobs = token_logprobs(logits, mb["response_ids"])
+                    pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_mask,
+                                                    cfg.clip_range)
+                    actor_loss = pg_loss
+                    if ptx_batches is not None:
+                        block = next(ptx_batches).to(device)  # (ptx_batch_size, ptx_seq_len + 1)
+                        ptx_loss = token_cross_entropy(actor(input_ids=block[:, :-1], use_cache=False).logits,
+                                                       block[:, 1:])
+                        actor_loss = actor_loss + cfg.ptx_coef * ptx_loss
+                        state["ptx_blocks"] += cfg.ptx_batch_size
+                        pg_stats["ptx_loss"] = ptx_loss.item()
+                    values = response_values(critic, mb_ids, mb_attention, mb_prompt)
+                    vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
+                                                   cfg.value_clip_range)
+                with torch.no_grad():
+                    pg_stats["entropy"] = masked_mean(entropy(logits.detach()), mb_mask).item()
+                actor_loss.backward()
+                vf_loss.backward()
+                for model, optimizer, scheduler in ((actor, actor_opt, actor_sched), (critic, critic_opt, critic_sched)):
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                    if torch.isfinite(norm):  # a non-finite update is skipped, never applied
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                for key, value in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item(),
+                                   "value_loss": vf_loss.item()}.items():
+                    stats.setdefault(key, []).append(value)
+        trained = time.perf_counter()
+
+        if cfg.target_kl > 0:
+            state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], kl.sum(1).mean().item(), cfg.target_kl,
+                                                cfg.kl_horizon, cfg.rollout_batch)
+        lengths = mask.sum(1)
+        tokens = int(lengths.sum())
+        record = {
+            "rollout/reward": raw_scores.mean().item(),
+            "rollout/score": scores.mean().item(),
+            "rollout/kl": kl.sum(1).mean().item(),
+            "rollout/kl_coef": state["kl_coef"],
+            "rollout/response_length": lengths.mean().item(),
+            "rollout/eos_rate": finished.mean().item(),
+            "rollout/tokens": tokens,
+            "rollout/tokens_per_s": tokens / max(generated - step_start, 1e-9),
+            "time/generate_s": generated - step_start,
+            "time/score_s": scored - generated,
+            "time/train_s": trained - scored,
+            "time/step_s": trained - step_start,
+            **{f"train/{key}": sum(values) / len(values) for key, values in stats.items()},
+        }
+        if judge is not None:
+            gold = judge([prompt for prompt, _ in batch_prompts], result.texts)
+            record["rollout/gold_score"] = sum(gold) / len(gold)
+        state["step"] = step + 1
+        state["first"] = state["first"] or record
+        state["last"] = record
+        logger.log(step + 1, record)
+        progress.update(1)
+        if (step + 1) % cfg.log_every == 0:
+            progress.set_postfix(reward=f"{record['rollout/reward']:.3f}", kl=f"{record['rollout/kl']:.2f}",
+                                 **({"gold": f"{record['rollout/gold_score']:.3f}"} if judge else {}))
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+            save_checkpoint(out_dir, step + 1, plain_model(actor), tokenizer, stateful,
+                            {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
+                            write_extra=lambda folder: save_hf_folder(critic, tokenizer, folder / "critic"))
+    progress.close()
+    logger.close()
+
+    final = save_hf_folder(plain_model(actor), tokenizer, out_dir / "final")
+    summary = {"steps": state["step"], "reward_mean_sft": state["reward_mean"], "reward_std_sft": state["reward_std"],
+               "kl_coef": state["kl_coef"], "first": state["first"], "last": state["last"]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"ppo: done -> {final}")
+    return final

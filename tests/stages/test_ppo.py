@@ -1,0 +1,114 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from chatforge.cli import main
+from chatforge.metrics import read_metrics
+from chatforge.models.io import load_tokenizer, save_hf_folder
+from chatforge.models.reward import build_reward_model
+from chatforge.stages import ppo
+
+STEP_KEYS = {"rollout/reward", "rollout/gold_score", "rollout/kl", "rollout/kl_coef", "rollout/response_length",
+             "rollout/eos_rate", "rollout/tokens", "rollout/tokens_per_s", "time/generate_s", "time/score_s",
+             "time/train_s", "time/step_s", "train/entropy", "train/clip_fraction", "train/approx_kl",
+             "train/value_loss", "train/value_clip_fraction", "train/policy_loss", "train/ptx_loss"}
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tiny_world_base, tmp_path_factory):
+    """A reward model on the tiny base model with a random head (rewards vary, so PPO has a signal)."""
+    _, base = tiny_world_base
+    tokenizer = load_tokenizer(base)
+    torch.manual_seed(0)
+    model = build_reward_model(base, tokenizer.pad_token_id)
+    torch.nn.init.normal_(model.score.weight, std=0.3)
+    return save_hf_folder(model, tokenizer, tmp_path_factory.mktemp("ppo_rm") / "rm")
+
+
+def ppo_config(world_dir, base, rm_dir, out_dir, **overrides) -> ppo.Config:
+    fields = dict(policy=str(base), reward_model=str(rm_dir), prompts=str(world_dir / "prompts" / "rl.jsonl"),
+                  pretrain_data=[str(world_dir / "corpus" / "train.jsonl")], out_dir=str(out_dir), steps=4,
+                  rollout_batch=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=12, learning_rate=1e-3,
+                  critic_learning_rate=1e-3, ptx_coef=0.5, ptx_batch_size=2, ptx_seq_len=64,
+                  gold_world=str(world_dir), tensorboard=False, device="cpu", num_threads=1)
+    fields.update(overrides)
+    cfg = ppo.Config(**fields)
+    cfg.validate()
+    return cfg
+
+
+def test_ppo_logs_every_number_and_saves_loadable_models(tiny_world_base, reward_model_dir, tmp_path):
+    world_dir, base = tiny_world_base
+    final = ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "ppo", save_every=2))
+    metrics = read_metrics(tmp_path / "ppo")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert STEP_KEYS <= set(metrics[-1]), STEP_KEYS - set(metrics[-1])
+    assert metrics[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-4)  # the actor starts as the reference
+    assert metrics[-1]["rollout/kl"] != 0.0
+    AutoModelForCausalLM.from_pretrained(final)
+    checkpoint = tmp_path / "ppo" / "checkpoints" / "step_0000004"
+    assert (checkpoint / "critic" / "config.json").exists() and (checkpoint / "trainer_state.pt").exists()
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["reward_std_sft"] > 0
+
+
+def test_ppo_resume_gives_the_same_run(tiny_world_base, reward_model_dir, tmp_path):
+    """Stopping after step 2 and resuming gives the same steps 3-4 and weights as one uninterrupted run."""
+    world_dir, base = tiny_world_base
+    whole = ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "whole"))
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "cut", steps=2))
+    resumed = ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "cut"))
+    for key in ("rollout/reward", "train/policy_loss", "train/value_loss", "train/ptx_loss"):
+        expected = [m[key] for m in read_metrics(tmp_path / "whole")]
+        got = [m[key] for m in read_metrics(tmp_path / "cut")]
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), key
+    weights, resumed_weights = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, tensor in weights.items():
+        torch.testing.assert_close(resumed_weights[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_raises_the_reward(tiny_world_base, reward_model_dir, tmp_path):
+    world_dir, base = tiny_world_base
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "ppo", steps=12, rollout_batch=16,
+                       ppo_epochs=4, ptx_coef=0.0, kl_coef=0.01, save_every=0))
+    rewards = [m["rollout/reward"] for m in read_metrics(tmp_path / "ppo")]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+
+
+def run_cli(world_dir, base, rm_dir, out_dir, *extra) -> int:
+    return main(["ppo", f"policy={base}", f"reward_model={rm_dir}", f"prompts={world_dir / 'prompts' / 'rl.jsonl'}",
+                 f"out_dir={out_dir}", "steps=1", "rollout_batch=4", "minibatch_size=4", "device=cpu", *extra])
+
+
+def test_ppo_refuses_a_reward_model_with_another_tokenizer(tiny_world_base, reward_model_dir, toy_tokenizer_dir,
+                                                           tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    other = tmp_path / "rm_other_tokenizer"
+    shutil.copytree(reward_model_dir, other)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(toy_tokenizer_dir / name, other / name)
+    assert run_cli(world_dir, base, other, tmp_path / "out") == 2
+    assert "tokenizer differs" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()  # stopped before any training
+
+
+def test_ppo_refuses_a_model_that_is_not_a_reward_model(tiny_world_base, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    assert run_cli(world_dir, base, base, tmp_path / "out") == 2
+    assert "not a reward model" in capsys.readouterr().err
+
+
+def test_ppo_refuses_prompts_longer_than_the_context(tiny_world_base, reward_model_dir, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Who is Borin? " * 200}) + "\n")
+    code = main(["ppo", f"policy={base}", f"reward_model={reward_model_dir}", f"prompts={prompts}",
+                 f"out_dir={tmp_path / 'out'}", "device=cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{prompts}:1" in err and "context" in err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
