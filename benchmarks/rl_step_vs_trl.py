@@ -10,7 +10,8 @@ What each side does in one step:
   ours (chatforge.stages.ppo, ppo_epochs=1, minibatch_size=batch):
     generate  --batch prompts, one response each (our KV-cache decoder, finished rows dropped);
     score     reward model on prompt + response, reference logprobs (frozen SFT copy) for the per-token
-              KL penalty, critic values, old logprobs; then GAE advantages and whitening;
+              KL penalty, critic values (old logprobs are the sampler's own in fp32: no extra pass);
+              then GAE advantages and whitening;
     train     one pass of PPO: actor loss (clipped ratio) + critic loss (clipped values), backward,
               one optimizer step for the actor and one for the critic.
   TRL (GRPOTrainer, num_generations=G, beta>0, num_iterations=1, one optimizer step per generation):
@@ -20,7 +21,7 @@ What each side does in one step:
               no critic, and no old-logprob pass (with one iteration the ratio uses detached logprobs);
     train     actor forward (logprobs and per-token entropies), clipped loss + beta * KL, backward,
               one optimizer step, the Trainer's per-step bookkeeping.
-So per step ours does more model work than TRL: a critic forward/backward and an old-logprob forward.
+So per step ours does more model work than TRL: the critic's forward and forward/backward.
 
 Timing: each side runs --steps steps, --repeats times (fresh run each time, ours and TRL interleaved so
 drifts in machine load hit both); every run's first step is dropped (warm-up) and medians are taken

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,3 +52,14 @@ def set_threads(num_threads: int) -> None:
     """Use `num_threads` CPU threads for torch (0 keeps torch's default)."""
     if num_threads > 0:
         torch.set_num_threads(num_threads)
+
+
+def start_run(cfg) -> tuple[Path, torch.device, torch.dtype | None]:
+    """A training stage's common start: make cfg.out_dir, set threads and seeds, pick the device and the
+    autocast dtype (cfg.dtype, 'auto' when the config has none). Returns (out_dir, device, amp_dtype)."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    return out_dir, device, autocast_dtype(getattr(cfg, "dtype", "auto"), device)

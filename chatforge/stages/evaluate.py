@@ -29,7 +29,7 @@ from chatforge.eval.judges import GoldJudge
 from chatforge.generation import SamplingParams
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
 from chatforge.models.reward import RewardJudge, check_reward_model_dir
-from chatforge.runtime import resolve_device, seed_everything, set_threads
+from chatforge.runtime import start_run
 
 METRICS = ("gold_score", "reward_mean", "kl_to_reference", "ppl", "response_length", "eos_rate")
 
@@ -134,11 +134,7 @@ def finite(value):
 
 def run(cfg: Config) -> Path:
     """Sample, score and compare; write eval.json and samples.jsonl; return the eval.json path."""
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    out_dir, device, _ = start_run(cfg)
     save_config(cfg, out_dir / "config.yaml")
 
     prompts = [prompt for prompt, _ in read_prompts(cfg.prompts)][:cfg.max_prompts or None]

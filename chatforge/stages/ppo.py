@@ -51,7 +51,7 @@ from chatforge.models.scoring import (entropy, join_rollout, response_logits, re
                                       token_logprobs)
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+from chatforge.runtime import autocast, start_run
 
 
 @dataclass
@@ -182,12 +182,7 @@ def trim(tensors: dict, rows: torch.Tensor) -> dict:
 
 def run(cfg: Config) -> Path:
     """Train the policy with PPO(-ptx) against the reward model; return the final policy folder."""
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.dtype, device)
+    out_dir, device, amp_dtype = start_run(cfg)
     critic_dir = cfg.critic or cfg.reward_model
 
     # every input is checked before any weights load

@@ -29,7 +29,7 @@ from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+from chatforge.runtime import autocast, start_run
 
 
 @dataclass
@@ -129,12 +129,7 @@ def evaluate(model, batches, device, amp_dtype) -> float:
 
 def run(cfg: Config) -> Path:
     """Train, checkpoint and save the final model; return the final model folder."""
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.dtype, device)
+    out_dir, device, amp_dtype = start_run(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.init_from)
 
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None

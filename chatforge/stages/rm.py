@@ -35,7 +35,7 @@ from chatforge.models.io import check_model_dir, load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model, chat_ids, pad_right, sequence_rewards
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+from chatforge.runtime import autocast, start_run
 
 
 @dataclass
@@ -158,12 +158,7 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
 
 def run(cfg: Config) -> Path:
     """Train the reward model, set its bias, evaluate it; return the final folder."""
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.dtype, device)
+    out_dir, device, amp_dtype = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; the reward model needs one")

@@ -39,7 +39,7 @@ from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_threads
+from chatforge.runtime import autocast, start_run
 
 
 @dataclass
@@ -150,12 +150,7 @@ def answer_score(model, tokenizer, judge, prompts, cfg: Config) -> float:
 
 def run(cfg: Config) -> Path:
     """Fine-tune on demonstrations; return the folder of the checkpoint that scored best."""
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.dtype, device)
+    out_dir, device, amp_dtype = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; SFT needs one to render chats")
