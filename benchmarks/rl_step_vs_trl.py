@@ -251,8 +251,8 @@ def main():
         ours_cell = cell(ours, key, fmt) + (share(ours, part) if part else "")
         trl_cell = cell(theirs, key, fmt) + (share(theirs, part) if part else "")
         print(f"| {label} | {ours_cell} | {trl_cell} | {ratio(key)} |")
-    print("\nsplit: generate = sampling the responses; score = reward model, reference (and for ours critic and "
-          "old-logprob) forwards, advantages; train = the optimizer pass. Shares are of the median step; the three "
+    print("\nsplit: generate = sampling the responses; score = reward model, reference (and for ours the critic) "
+          "forwards, advantages; train = the optimizer pass (ours: actor and critic). Shares are of the median step; the three "
           "medians need not add up to the step's.")
     for side, runs in results.items():  # the spread shows how much other load on the machine moved the numbers
         print(f"{'ours' if side == 'ours' else 'TRL'} seconds of each step, per run (first = warm-up): "

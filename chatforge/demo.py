@@ -209,6 +209,9 @@ def run(cfg: Config) -> Path:
     report.add("rm_val_accuracy", val["accuracy"], f"RM pairwise accuracy on {val['pairs']} held-out pairs")
     report.add("rm_holdout_labeler_accuracy", val["accuracy_by_labeler"].get(f"sim-{cfg.labelers - 1}"),
                "RM pairwise accuracy on the held-out labeler's comparisons")
+    report.add("rm_gold_ceiling", val.get("gold_ceiling"),
+               "pairwise accuracy the gold scorer itself reaches on the same held-out labels (ties half): the "
+               "best any RM can do against noisy labels")
     report.add("rm_gold_agreement", val.get("gold_agreement"),
                "share of held-out pairs (gold ties excluded) the RM orders as the gold scorer does")
     ptx_eval, ppo_eval = evals["ppo_ptx"], evals["ppo"]

@@ -56,6 +56,9 @@ def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:
              f"(noise {labeling['noise']:.3f}; ties in the gold score cap agreement at "
              f"{labeling['agreement_ceiling']:.3f} on these pools). RM rewards on held-out responses: mean "
              f"{val['reward_mean']:+.3f}, std {val['reward_std']:.3f}; bias {summary['reward_bias']:+.3f}.")
+    if "gold_ceiling" in val:
+        text += (f" The gold scorer itself, used as the RM, would reach {val['gold_ceiling']:.3f} against these "
+                 "noisy labels: the ceiling for any RM.")
     if "gold_agreement" in val:
         text += f" The RM orders {val['gold_agreement']:.3f} of gold-distinguishable pairs as the gold scorer does"
         text += " (by prompt kind: " + ", ".join(

@@ -16,7 +16,9 @@ mode), padding is masked out of every loss, and beta is fixed or adapted to a ta
 
     out_dir/metrics.jsonl, tensorboard/   per step: reward, gold score, KL, entropy, clip fraction,
                                           losses, response length, tokens/s, time split
-    out_dir/checkpoints/step_N/           the actor (HF folder) + critic/ + optimizers + counters
+    out_dir/checkpoints/step_N/           the actor (HF folder; with LoRA the merged weights, so a resumed
+                                          LoRA run starts fresh adapters on them) + critic/ + optimizers,
+                                          beta, reward normalisation and data positions
     out_dir/final/                        the trained policy (LoRA merged): a plain HF folder
     out_dir/summary.json                  first/last numbers and the reward normalisation
 """
@@ -146,12 +148,14 @@ def load_rl_prompts(cfg: Config, tokenizer, context: int) -> list[tuple]:
 
 def step_prompts(prompts: list, step: int, batch: int, seed: int) -> list:
     """The prompts of rollout batch `step`: a fresh seeded shuffle per pass, so a resumed run gets the same ones."""
+    orders: dict[int, list[int]] = {}
     chosen = []
     for position in range(step * batch, (step + 1) * batch):
         epoch, index = divmod(position, len(prompts))
-        order = list(range(len(prompts)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        chosen.append(prompts[order[index]])
+        if epoch not in orders:
+            orders[epoch] = list(range(len(prompts)))
+            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
+        chosen.append(prompts[orders[epoch][index]])
     return chosen
 
 
@@ -196,6 +200,9 @@ def run(cfg: Config) -> Path:
     ptx_seq_len = min(cfg.ptx_seq_len or context, context) - 1
     if cfg.ptx_coef > 0:
         next(iter(iter_documents(cfg.pretrain_data, "text")))  # an unreadable corpus fails now, not mid-run
+    judge = load_judge(cfg.gold_world)
+    if judge is not None:
+        judge([prompt for prompt, _ in prompts], [""] * len(prompts))  # a prompt the world cannot judge fails now
 
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
     actor = load_causal_lm(resume_from or cfg.policy, device=device)
@@ -232,7 +239,6 @@ def run(cfg: Config) -> Path:
     if cfg.ptx_coef > 0:
         blocks = PackedBlocks(cfg.pretrain_data, tokenizer, ptx_seq_len, seed=cfg.seed)
         ptx_batches = blocks.batches(cfg.ptx_batch_size, skip_blocks=state["ptx_blocks"])
-    judge = load_judge(cfg.gold_world)
     logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
     print(f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.rollout_batch} rollouts, {cfg.ppo_epochs} epochs "
           f"of {minibatches} minibatches, beta {state['kl_coef']}, ptx_coef {cfg.ptx_coef}; SFT rewards "

@@ -118,7 +118,7 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
     model.eval()
     correct, total = 0, 0
     by_k, by_labeler, by_kind = (defaultdict(lambda: [0, 0]) for _ in range(3))
-    all_rewards, gold_agree, gold_pairs = [], 0, 0
+    all_rewards, gold_agree, gold_pairs, gold_as_rm = [], 0, 0, 0.0
     for start in range(0, len(items), batch_prompts):
         batch = items[start:start + batch_prompts]
         rewards = batch_rewards(model, batch, pad_id, device, amp_dtype)
@@ -138,6 +138,8 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
                 gold = [j["score"] for j in judged]
                 for i in range(k):
                     for j in range(i + 1, k):
+                        # the gold scorer itself as the RM, against the labels (ties half): the ceiling
+                        gold_as_rm += 1.0 if gold[i] > gold[j] else 0.5 if gold[i] == gold[j] else 0.0
                         if gold[i] != gold[j]:  # gold ties say nothing about order
                             agree = (gold[i] > gold[j]) == (group[i] > group[j]).item()
                             gold_pairs += 1
@@ -152,6 +154,7 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
               "reward_std": statistics.pstdev(all_rewards) if all_rewards else math.nan}
     if scorer is not None:
         result["gold_agreement"] = gold_agree / max(gold_pairs, 1)
+        result["gold_ceiling"] = gold_as_rm / max(total, 1)
         result["gold_agreement_by_kind"] = {kind: v[0] / v[1] for kind, v in sorted(by_kind.items())}
     return result
 

@@ -114,7 +114,7 @@ FACT_QUESTIONS = {
     "food": ("What is {name}'s favorite food?", "What does {name} like to eat most?"),
 }
 SUM_QUESTIONS = ("What is {a} plus {b}?", "What is {a} + {b}?", "How much is {a} plus {b}?", "Add {a} and {b}.")
-SUM_OPERAND_MAX = 20  # a, b in 0..SUM_OPERAND_MAX
+SUM_OPERAND_MAX = 9  # a, b in 0..9: a table a 1M-parameter model can learn (it never learned 0..20)
 
 # Requests share frames, so a harmful request and a benign one differ in the verb only.
 REQUEST_FRAMES = (

@@ -43,6 +43,7 @@ def test_rm_trains_centres_rewards_and_saves_a_classifier(tiny_world_base, compa
     assert "sim-2" in summary["val"]["accuracy_by_labeler"]  # held-out labeler evaluated apart
     assert set(summary["val"]["accuracy_by_k"]) <= {"2", "3", "4"}
     assert 0.0 <= summary["val"]["gold_agreement"] <= 1.0
+    assert 0.5 <= summary["val"]["gold_ceiling"] <= 1.0  # the gold scorer agrees with its own noisy labels
     model = AutoModelForSequenceClassification.from_pretrained(final)
     assert model.config.num_labels == 1 and model.config.reward_bias == pytest.approx(summary["reward_bias"])
     losses = [json.loads(l)["train/loss"] for l in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()
