@@ -22,11 +22,12 @@ from chatforge.config import load_config, opt
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
 from chatforge.eval.facts import fact_accuracy, load_clozes
-from chatforge.demo_report import (write_answers_section, write_facts_section, write_ppo_section,
-                                   write_pretrain_section, write_rm_section, write_sft_section)
+from chatforge.demo_report import (overoptimization, write_answers_section, write_facts_section,
+                                   write_ppo_section, write_pretrain_section, write_rm_section, write_sft_section)
 from chatforge.eval.compare import heldout_perplexity, win_rate
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
+from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm, load_tokenizer
 from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, pretrain, rm, sft, tokenizer
@@ -59,6 +60,8 @@ class Config:
     comparison_temperature: float = opt(1.0, "sampling temperature of the SFT samples")
     comparison_val_share: float = opt(0.15, "share of the comparisons held out for RM accuracy")
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
+    weak_kl_coef: float = opt(0.05, "beta of a third, plain PPO run that shows reward over-optimization (0 = skip)")
+    weak_kl_steps: int = opt(60, "steps of that run")
     best_of_n: int = opt(8, "n of the best-of-n baseline: n SFT samples per prompt, the RM picks one")
     few_shot_prompts: int = opt(4, "few-shot questions shown in the report as base-model samples")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
@@ -167,15 +170,21 @@ def run(cfg: Config) -> Path:
     rm_summary = json.loads((Path(rm_cfg.out_dir) / "summary.json").read_text())
     sft_summary = json.loads((Path(sft_cfg.out_dir) / "summary.json").read_text())
 
-    # RLHF twice, as InstructGPT did, so the alignment tax of plain PPO and what ptx saves are both measured
+    # RLHF twice, as InstructGPT did, so the alignment tax of plain PPO and what ptx saves are both measured;
+    # then (optionally) plain PPO with a weak KL penalty, to show where the gold score stops following the RM
     ppo_dirs, ppo_runs = {}, {}
-    for name, ptx in (("ppo", {"ptx_coef": 0.0}), ("ppo_ptx", {})):
+    runs = [("ppo", {"ptx_coef": 0.0}), ("ppo_ptx", {})]
+    if cfg.weak_kl_coef > 0:
+        runs.append(("ppo_weak_kl", {"ptx_coef": 0.0, "kl_coef": cfg.weak_kl_coef, "steps": cfg.weak_kl_steps}))
+    for name, changes in runs:
         ppo_cfg = load_config(ppo.Config, cfg.ppo_config, {
             "policy": str(sft_dir), "reward_model": str(rm_dir), "prompts": str(world_dir / "prompts" / "rl.jsonl"),
             "pretrain_data": [str(corpus / "train.jsonl")], "out_dir": str(run_dir / name),
-            "gold_world": str(world_dir), **cfg.ppo, **ptx})
-        stage(f"{name} (ptx_coef {ppo_cfg.ptx_coef})")
-        ppo_dirs[name], ppo_runs[name] = ppo.run(ppo_cfg), Path(ppo_cfg.out_dir)
+            "gold_world": str(world_dir), **cfg.ppo, **changes})
+        stage(f"{name} (ptx_coef {ppo_cfg.ptx_coef}, kl_coef {ppo_cfg.kl_coef})")
+        final, ppo_runs[name] = ppo.run(ppo_cfg), Path(ppo_cfg.out_dir)
+        if name != "ppo_weak_kl":  # the weak-KL run is there for its curves; it is not evaluated
+            ppo_dirs[name] = final
 
     stage("eval: PPO policies against SFT on held-out prompts")
     evals, greedy_scores = {}, {"sft": sft_scores}
@@ -239,6 +248,14 @@ def run(cfg: Config) -> Path:
     report.add("ppo_ptx_kl", ptx_eval["model"]["kl_to_reference"], "KL(PPO-ptx || SFT) per response, nats")
     report.add("ppo_ptx_rm_reward", ptx_eval["model"]["reward_mean"], "mean RM reward of PPO-ptx samples "
                f"(SFT samples: {ptx_eval['baseline']['reward_mean']:.3f})")
+    if "ppo_weak_kl" in ppo_runs:
+        shape = overoptimization(read_metrics(ppo_runs["ppo_weak_kl"]))
+        report.add("weak_kl_gold_peak_step", shape["peak_step"], f"plain PPO with beta {cfg.weak_kl_coef}: the step "
+                   "where its rollouts' gold score (10-step mean) peaked")
+        report.add("weak_kl_gold_peak", shape["gold_peak"], "that peak gold score")
+        report.add("weak_kl_gold_end", shape["gold_end"], "its gold score at the end (below the peak: over-optimization)")
+        report.add("weak_kl_reward_end", shape["reward_end"], f"its RM reward at the end (at the peak: "
+                   f"{shape['reward_peak']:.3f})")
     stage_names = list(timings)
     durations = {name: (timings[stage_names[i + 1]] if i + 1 < len(stage_names) else time.time()) - timings[name]
                  for i, name in enumerate(stage_names)}
