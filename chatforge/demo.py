@@ -1,7 +1,8 @@
 """The built-in end-to-end run on CPU in minutes:
 
     world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
-    simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT
+    simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT,
+    plus a plain PPO run with a weak KL penalty whose curves show reward over-optimization
 
 Each stage reads its own YAML config (named below) and the demo fills in the paths that chain the
 stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
@@ -44,7 +45,7 @@ class Config:
     pretrain_config: str = opt("configs/pretrain_tiny.yaml", "config of the pretraining stage")
     sft_config: str = opt("configs/sft_tiny.yaml", "config of the SFT stage")
     rm_config: str = opt("configs/rm_tiny.yaml", "config of the reward-model stage")
-    ppo_config: str = opt("configs/ppo_tiny.yaml", "config of both PPO runs (the plain one gets ptx_coef 0)")
+    ppo_config: str = opt("configs/ppo_tiny.yaml", "config of the PPO runs (plain PPO gets ptx_coef 0; the weak-KL run its own beta and steps)")
     eval_config: str = opt("configs/eval.yaml", "config of the comparisons of the PPO policies with SFT")
     world: dict = opt({}, "overrides of world config fields")
     tokenizer: dict = opt({}, "overrides of tokenizer config fields")

@@ -121,7 +121,8 @@ def write_ppo_section(report: Report, runs: dict[str, Path], evals: dict[str, di
     first = next(iter(evals.values()))
     n = first["samples_per_prompt"]
     rows = ["", f"Held-out prompts ({first['prompts']} prompts x {n} samples at temperature 1, each sample "
-                "against the SFT model's sample of the same prompt; ties count half):", "",
+                "against the SFT model's sample of the same prompt; ties count half; best-of-n's KL is the bound "
+                "log n - (n-1)/n, its perplexity SFT's):", "",
             "| policy | gold (greedy) | gold (T=1) | RM reward | KL to SFT | held-out ppl | length | "
             "win rate vs SFT (gold) | win rate vs SFT (RM) |", "|---|---|---|---|---|---|---|---|---|"]
 
@@ -133,8 +134,9 @@ def write_ppo_section(report: Report, runs: dict[str, Path], evals: dict[str, di
                                                      f"{win_rm:.3f}" if isinstance(win_rm, float) else win_rm]) + " |"
 
     rows.append(row("SFT", first["baseline"], greedy.get("sft")))
-    if "best_of_n" in first:
-        rows.append(row(f"best-of-{first['best_of_n']['n']} of SFT (RM picks)", first["best_of_n"], None))
+    for result in evals.values():
+        if "best_of_n" in result:
+            rows.append(row(f"best-of-{result['best_of_n']['n']} of SFT (RM picks)", result["best_of_n"], None))
     for run, result in evals.items():
         rows.append(row(run, result["model"], greedy.get(run), result.get("winrate_gold"), result.get("winrate_rm")))
     report.section("RLHF: PPO and PPO-ptx", "\n".join(lines + rows))
