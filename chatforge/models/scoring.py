@@ -40,10 +40,13 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each next-token distribution: (batch, R, vocab) -> (batch, R)."""
-    logp = F.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1)
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(token), entropy of the distribution), both (batch, R), from ONE log_softmax over the vocabulary
+    (the training step's hot spot for large vocabularies); the entropy is detached (logged, not trained)."""
+    logp = F.log_softmax(logits, -1)  # (batch, R, vocab)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,

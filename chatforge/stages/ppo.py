@@ -49,8 +49,8 @@ from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, maske
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
-from chatforge.models.scoring import (entropy, join_rollout, response_logits, response_logprobs, response_values,
-                                      token_logprobs)
+from chatforge.models.scoring import (join_rollout, response_logits, response_logprobs, response_values,
+                                      token_logprobs_and_entropy)
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, start_run
@@ -168,13 +168,6 @@ def rollout(actor, tokenizer, prompt_ids: list[list[int]], cfg: Config, seed: in
     return result, result.to_tensors(device=device)
 
 
-@torch.no_grad()
-def rm_scores(reward_model, tensors: dict) -> torch.Tensor:
-    """The RM's reward of each prompt + response (at its last token). # (batch,)"""
-    input_ids, attention_mask, _ = join_rollout(tensors)
-    return sequence_rewards(reward_model, input_ids, attention_mask)
-
-
 def trim(tensors: dict, rows: torch.Tensor) -> dict:
     """The minibatch `rows`, with columns that are padding in every chosen row cut away."""
     picked = {name: t[rows] for name, t in tensors.items()}
@@ -232,8 +225,8 @@ def run(cfg: Config) -> Path:
         # reward normalisation: the scale of SFT samples' rewards, measured once before any update
         first_prompts = step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1)
         _, tensors = rollout(actor, tokenizer, [ids for _, ids in first_prompts], cfg, cfg.seed + 1, device)
-        with autocast(device, amp_dtype):
-            scores = rm_scores(reward_model, tensors)
+        with torch.no_grad(), autocast(device, amp_dtype):
+            scores = sequence_rewards(reward_model, *join_rollout(tensors)[:2])
         state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
     ptx_batches = None
     if cfg.ptx_coef > 0:
@@ -263,11 +256,11 @@ def run(cfg: Config) -> Path:
                 response_logprobs(actor, input_ids, attention_mask, prompt_width, cfg.temperature)
             ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
             old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
-            raw_scores = rm_scores(reward_model, rollout_batch)
+            raw_scores = sequence_rewards(reward_model, input_ids, attention_mask)  # at the last token, (batch,)
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
         scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
         scores = scores - cfg.missing_eos_penalty * (1.0 - finished)
-        rewards, kl = kl_penalized_rewards(old_logprobs * mask, ref_logprobs * mask, mask, scores, state["kl_coef"])
+        rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores, state["kl_coef"])
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
         rollout_batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages,
@@ -285,7 +278,7 @@ def run(cfg: Config) -> Path:
                 mb_mask = mb["response_mask"].float()
                 with autocast(device, amp_dtype):
                     logits = response_logits(actor, mb_ids, mb_attention, mb_prompt, cfg.temperature)
-                    logprobs = token_logprobs(logits, mb["response_ids"])
+                    logprobs, token_entropy = token_logprobs_and_entropy(logits, mb["response_ids"])
                     pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_mask,
                                                     cfg.clip_range)
                     actor_loss = pg_loss
@@ -299,8 +292,7 @@ def run(cfg: Config) -> Path:
                     values = response_values(critic, mb_ids, mb_attention, mb_prompt)
                     vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
                                                    cfg.value_clip_range)
-                with torch.no_grad():
-                    pg_stats["entropy"] = masked_mean(entropy(logits.detach()), mb_mask).item()
+                pg_stats["entropy"] = masked_mean(token_entropy, mb_mask).item()
                 actor_loss.backward()
                 vf_loss.backward()
                 for model, optimizer, scheduler in ((actor, actor_opt, actor_sched), (critic, critic_opt, critic_sched)):
