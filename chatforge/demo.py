@@ -13,7 +13,6 @@ Writes run_dir/report.json (the scoreboard) and run_dir/report.md (with plots).
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from chatforge.eval.baselines import unigram_loss
 from chatforge.eval.facts import fact_accuracy, load_clozes
 from chatforge.demo_report import (overoptimization, write_answers_section, write_facts_section,
                                    write_ppo_section, write_pretrain_section, write_rm_section, write_sft_section)
-from chatforge.eval.compare import heldout_perplexity, win_rate
+from chatforge.eval.compare import heldout_perplexity, mean, win_rate
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
 from chatforge.metrics import read_metrics
@@ -280,7 +279,3 @@ def run(cfg: Config) -> Path:
     print(f"report card: {md_path}\nscoreboard:  {json_path}\nmodels:      {base_dir}, {sft_dir}, {rm_dir}, "
           f"{ppo_dirs['ppo']}, {ppo_dirs['ppo_ptx']}")
     return md_path
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan

@@ -91,8 +91,9 @@ def check_same_tokenizer(tokenizer, path, other, other_path, field: str) -> None
     """Fail unless `other` maps text to the same ids as `tokenizer` (same vocabulary and special tokens)."""
     if tokenizer.get_vocab() != other.get_vocab() or tokenizer.all_special_tokens != other.all_special_tokens:
         raise ChatforgeError(
-            f"{other_path}: field '{field}': its tokenizer differs from the policy's ({path}); the models must "
-            "share one tokenizer, since token ids pass between them. Train it from the same SFT model.")
+            f"{other_path}: field '{field}': its tokenizer differs from the one of {path}; the models must "
+            "share one tokenizer, since token ids (and their logprobs) pass between them. Train it from the same "
+            "SFT model.")
 
 
 def save_hf_folder(model, tokenizer, path, write_extra: Callable[[Path], None] | None = None) -> Path:

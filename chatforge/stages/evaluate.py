@@ -27,7 +27,7 @@ from chatforge.eval.compare import (best_indices, heldout_perplexity, kl_to_refe
                                     response_stats, sample_answers, take, win_rate)
 from chatforge.eval.judges import GoldJudge
 from chatforge.generation import SamplingParams
-from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
+from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer
 from chatforge.models.reward import RewardJudge, check_reward_model_dir
 from chatforge.runtime import start_run
 
@@ -152,9 +152,8 @@ def run(cfg: Config) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     baseline_tokenizer = load_tokenizer(cfg.baseline) if cfg.baseline else None
     reference_path = cfg.reference or cfg.baseline
-    if reference_path and load_tokenizer(reference_path).get_vocab() != tokenizer.get_vocab():
-        raise ChatforgeError(f"{reference_path}: field 'reference': its tokenizer differs from the model's "
-                             f"({cfg.model}); the KL compares token logprobs, so both need the same vocabulary")
+    if reference_path:
+        check_same_tokenizer(tokenizer, cfg.model, load_tokenizer(reference_path), reference_path, "reference")
     baseline = load_causal_lm(cfg.baseline, device=device).eval() if cfg.baseline else None
     reference = None
     if reference_path:
