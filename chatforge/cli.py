@@ -19,6 +19,7 @@ COMMANDS = {
     "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best checkpoint by answer score"),
     "rm": ("chatforge.stages.rm", "train a reward model on ranked comparisons (K-wise ranking loss)"),
     "ppo": ("chatforge.stages.ppo", "RLHF: PPO(-ptx) of the policy against a reward model, with a critic and a KL penalty"),
+    "iterate": ("chatforge.stages.iterate", "iterated RLHF: sample the policy, rank, retrain the RM, PPO again; N rounds"),
     "generate": ("chatforge.stages.generate", "sample from any causal-LM folder (greedy, beam, sampling)"),
     "eval": ("chatforge.stages.evaluate", "compare a checkpoint with a baseline: win rate, reward, KL, perplexity, best-of-n"),
     "demo": ("chatforge.demo", "the built-in end-to-end run on CPU, writing runs/demo/report.{md,json}"),

@@ -58,7 +58,8 @@ from chatforge.runtime import autocast, start_run
 
 @dataclass
 class Config:
-    policy: str = opt("", "SFT model folder: the actor starts from it and it is the frozen reference")
+    policy: str = opt("", "model folder the actor starts from (the SFT model, or the last round's policy)")
+    reference: str = opt("", "frozen reference of the KL penalty ('' = policy); iterated RLHF keeps the SFT model here")
     reward_model: str = opt("", "reward-model folder (written by `chatforge rm`), frozen")
     critic: str = opt("", "reward-model folder the critic starts from ('' = reward_model)")
     prompts: str = opt("", 'JSONL of {"prompt": ...} RL prompts (no responses needed)')
@@ -111,6 +112,8 @@ class Config:
             if not getattr(self, name):
                 raise ChatforgeError(f"ppo: field '{name}' is empty")
         check_model_dir(self.policy)
+        if self.reference:
+            check_model_dir(self.reference)
         check_reward_model_dir(self.reward_model, "reward_model")
         if self.critic:
             check_reward_model_dir(self.critic, "critic")
@@ -184,7 +187,8 @@ def run(cfg: Config) -> Path:
 
     # every input is checked before any weights load
     tokenizer = load_tokenizer(cfg.policy)
-    for path, field in ((cfg.reward_model, "reward_model"), (critic_dir, "critic")):
+    reference_dir = cfg.reference or cfg.policy
+    for path, field in ((reference_dir, "reference"), (cfg.reward_model, "reward_model"), (critic_dir, "critic")):
         check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(path), path, field)
     from transformers import AutoConfig
 
@@ -200,7 +204,7 @@ def run(cfg: Config) -> Path:
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
     actor = load_causal_lm(resume_from or cfg.policy, device=device)
     actor = configure_trainable(actor, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
-    reference = load_causal_lm(cfg.policy, device=device).requires_grad_(False)
+    reference = load_causal_lm(reference_dir, device=device).requires_grad_(False)
     reward_model = load_reward_model(cfg.reward_model, device).requires_grad_(False)
     critic = load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
     for model in (actor, reference, reward_model, critic):
