@@ -1,34 +1,52 @@
 """Iterated RLHF (InstructGPT steps 2-3 repeated; Anthropic's online iteration): N rounds of
 
-    sample K responses per prompt from the current policy -> rank them (simulated labelers of the
-    built-in world) -> retrain the reward model on all comparisons so far (old + new) -> PPO from the
-    current policy against the new RM -> gold-score the new policy on held-out prompts
+    sample K responses per prompt from the current policy -> rank them (the built-in world's simulated
+    labelers, or a labeling job's export) -> retrain the reward model on every comparison so far (old +
+    new) -> PPO from the current policy against the new RM -> gold-score the new policy on held-out prompts
 
 Every round's RM starts from the reference (SFT) model and sees every comparison collected so far, so
 later rounds fix the RM where the policy has moved (the responses it now writes). Every round's PPO keeps
 the SFT model as the KL reference, so the total drift from SFT stays bounded across rounds.
 
-    out_dir/round_N/comparisons/{train,val}.jsonl   this round's new rankings (samples of the round's start policy)
-    out_dir/round_N/rm/, round_N/ppo/               the stages' own run folders (final/ = the models)
-    out_dir/round_N/eval/eval.json                  the round's policy against the reference (`chatforge eval`)
-    out_dir/iterate.json                            per round: comparisons, RM accuracy, gold score, win rate, KL
+Before the first round the start policy is evaluated the same way (same judge, prompts, decoding and
+seed), so "round N against round N-1" is a like-for-like comparison; with first_round = 2 and the
+demo's PPO-ptx policy as `policy`, its row is the demo's one round of RLHF. Each round's gold score
+comes with its standard error over prompts and its gain over the row before, paired by prompt. With
+`control`, each round also runs its PPO a second time from the same start policy, same steps and seed,
+but against the previous round's RM: what more PPO would have given without new rankings.
 
-A finished round (its eval.json exists) is not redone, and PPO resumes from its checkpoints, so an
-interrupted run continues where it stopped.
+    out_dir/round_N/comparisons/{train,val}.jsonl   this round's new rankings (samples of the round's start policy)
+    out_dir/round_N/to_label.jsonl                  those samples unranked, for a labeling job (rankings_from=FILE)
+    out_dir/round_N/rm/, round_N/ppo/               the stages' own run folders (final/ = the models)
+    out_dir/round_N/eval/                           the round's policy against the reference (`chatforge eval`)
+    out_dir/round_N/control_ppo/, control_eval/     the control run (control=true)
+    out_dir/start/eval/                             the start policy, evaluated the same way
+    out_dir/iterate.json                            per round: comparisons, RM accuracy, gold score +- SE, gain, KL
+    out_dir/report.md, report.json, plots/          the same as a report card
+
+A finished step of a round (its output file exists) is not redone, and PPO resumes from its
+checkpoints, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
+import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from chatforge.config import load_config, opt, require_positive, save_config
-from chatforge.data.formats import data_files, read_prompts
+from chatforge.data.formats import data_files, read_comparisons, read_prompts
 from chatforge.errors import ChatforgeError
+from chatforge.eval.compare import mean
+from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
+from chatforge.models.reward import check_reward_model_dir
 from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, rm
 from chatforge.world.collect import label_pools, sample_pools
@@ -40,6 +58,8 @@ class Config:
     policy: str = opt("", "model the first round samples from and starts PPO from (the SFT model, or a PPO policy)")
     reference: str = opt("", "the SFT model: every RM starts from it and every PPO round keeps it as the KL "
                              "reference ('' = policy)")
+    reward_model: str = opt("", "the RM `policy` was trained against (a PPO policy as start): the first round's "
+                                "control run continues with it")
     prompts: str = opt("", 'JSONL of {"prompt": ...} RL prompts: PPO trains on them and comparisons are drawn from them')
     eval_prompts: str = opt("", "held-out prompts each round's policy is gold-scored on (JSONL)")
     world: str = opt("", "built-in world folder: its simulated labelers rank the samples, its gold scorer judges")
@@ -52,8 +72,14 @@ class Config:
     comparison_k: int = opt(4, "samples per prompt (duplicates dropped, so K is 2..this)")
     temperature: float = opt(1.0, "sampling temperature of the samples that are ranked")
     val_share: float = opt(0.15, "share of each round's new comparisons held out for RM accuracy")
+    rankings_from: str = opt("simulated", "who ranks: 'simulated' (the world's labelers) or an exported comparisons "
+                                          "file a labeling job writes, '{round}' standing for the round number")
+    wait_minutes: float = opt(0.0, "with a labeling job: how long to wait for its export file before failing")
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
-    labeler_agreement: float = opt(0.0, "agreement two simulated labelers reach (0 = the world's labeler.json)")
+    labeler_agreement: float = opt(0.0, "0 = the simulated labelers keep the world's labeler.json noise every round "
+                                        "(the same people); else their noise is calibrated so two of them agree "
+                                        "this often on each round's pools")
+    control: bool = opt(False, "also run each round's PPO against the previous round's RM (no new rankings)")
     rm_config: str = opt("configs/rm_tiny.yaml", "config of every round's reward model")
     ppo_config: str = opt("configs/ppo_tiny.yaml", "config of every round's PPO")
     eval_config: str = opt("configs/eval.yaml", "config of the per-round comparison with the reference")
@@ -72,6 +98,8 @@ class Config:
         check_model_dir(self.policy)
         if self.reference:
             check_model_dir(self.reference)
+        if self.reward_model:
+            check_reward_model_dir(self.reward_model, "reward_model")
         for name in ("prompts", "eval_prompts"):
             if not Path(getattr(self, name)).is_file():
                 raise ChatforgeError(f"{getattr(self, name)}: field '{name}': file does not exist")
@@ -85,6 +113,12 @@ class Config:
             raise ChatforgeError(f"iterate: field 'comparison_k' must be 2..9, got {self.comparison_k}")
         if not 0 < self.val_share < 1:
             raise ChatforgeError(f"iterate: field 'val_share' must be in (0, 1), got {self.val_share}")
+        if self.labeler_agreement and not 0.5 < self.labeler_agreement <= 1:
+            raise ChatforgeError(f"iterate: field 'labeler_agreement' must be 0 or in (0.5, 1], "
+                                 f"got {self.labeler_agreement}")
+        if self.rankings_from != "simulated" and not self.rankings_from.endswith(".jsonl"):
+            raise ChatforgeError(f"iterate: field 'rankings_from' must be 'simulated' or a .jsonl export file "
+                                 f"(e.g. runs/label/round_{{round}}.jsonl), got {self.rankings_from!r}")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -93,22 +127,141 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def wait_for_export(path: Path, minutes: float, poll_seconds: float = 10.0) -> Path:
+    """Return `path` once it exists, polling for up to `minutes`; fail saying what was expected."""
+    deadline = time.time() + minutes * 60
+    while not path.is_file():
+        if time.time() >= deadline:
+            raise ChatforgeError(f"{path}: field 'rankings_from': no export after waiting {minutes:g} minutes; "
+                                 "export the labeling job's comparisons there (or raise wait_minutes) and rerun")
+        time.sleep(min(poll_seconds, max(deadline - time.time(), 0.0)))
+    return path
+
+
 def collect_comparisons(cfg: Config, policy_dir: str, round_dir: Path, round_no: int, scorer: GoldScorer,
-                        agreement: float) -> dict:
-    """Sample the round's policy on fresh prompts, rank by simulated labelers, write train/val; return stats."""
+                        max_new_tokens: int) -> dict:
+    """Sample the round's policy on fresh prompts, have them ranked, write train/val; return the stats."""
+    seed = cfg.seed * 1000 + round_no
     prompts = [p for p, _ in read_prompts(cfg.prompts)]
-    random.Random(cfg.seed * 1000 + round_no).shuffle(prompts)
+    random.Random(seed).shuffle(prompts)
     prompts = prompts[:cfg.comparison_prompts]
     policy, tokenizer = load_causal_lm(policy_dir), load_tokenizer(policy_dir)
-    sampling = SamplingParams(max_new_tokens=48, do_sample=True, temperature=cfg.temperature,
-                              seed=cfg.seed * 1000 + round_no)
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg.temperature, seed=seed)
     pools = sample_pools(policy, tokenizer, prompts, cfg.comparison_k, sampling)
-    records, labeling = label_pools(scorer, pools, cfg.labelers, agreement, cfg.seed * 1000 + round_no)
+    write_jsonl(round_dir / "to_label.jsonl", [{"prompt": p, "responses": r} for p, r in pools])
+    stats = {"prompts_sampled": len(prompts), "pools": len(pools),
+             "mean_pool_size": mean(len(r) for _, r in pools)}
+    if cfg.rankings_from == "simulated":
+        noise = None if cfg.labeler_agreement else \
+            json.loads((Path(cfg.world) / "labeler.json").read_text())["noise"]
+        records, labeling = label_pools(scorer, pools, cfg.labelers, cfg.labeler_agreement or 0.73, seed, noise)
+        stats.update(labeler_noise=labeling["noise"], labeler_agreement=labeling["agreement"])
+    else:
+        export = wait_for_export(Path(cfg.rankings_from.format(round=round_no)), cfg.wait_minutes)
+        comparisons, _ = read_comparisons(export)
+        records = [{"prompt": c.prompt, "responses": c.responses, **({"labeler": c.labeler} if c.labeler else {})}
+                   for c in comparisons]
+        stats.update(export=str(export))
     random.Random(round_no).shuffle(records)
     n_val = int(len(records) * cfg.val_share)
     write_jsonl(round_dir / "comparisons" / "train.jsonl", records[n_val:])
     write_jsonl(round_dir / "comparisons" / "val.jsonl", records[:n_val])
-    return {"comparisons": len(records), "labeler_agreement": labeling["agreement"]}
+    return {"comparisons": len(records), **stats}
+
+
+def standard_error(values) -> float:
+    """Standard error of the mean (nan for fewer than two values)."""
+    values = list(values)
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
+def gold_by_prompt(eval_dir: Path) -> dict[int, float]:
+    """Mean gold score of the model's samples of each prompt (by its position), from `chatforge eval`'s samples.jsonl."""
+    scores = defaultdict(list)
+    position = -1
+    for line in (eval_dir / "samples.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        position += sample["sample"] == 0  # prompt-major: sample 0 starts the next prompt
+        scores[position].append(sample["model_gold"])
+    return {prompt: mean(values) for prompt, values in scores.items()}
+
+
+def paired_gain(after: dict, before: dict) -> tuple[float, float]:
+    """Mean per-prompt gold gain of `after` over `before` on their shared prompts, and its standard error."""
+    gains = [after[prompt] - before[prompt] for prompt in after if prompt in before]
+    return mean(gains), standard_error(gains)
+
+
+def evaluate_policy(cfg: Config, policy: str, reference: str, rm_dir: str, eval_dir: Path) -> tuple[dict, dict]:
+    """(numbers, gold score by prompt) of `policy` against the reference, by `chatforge eval` (run once)."""
+    eval_cfg = load_config(evaluate.Config, cfg.eval_config, {
+        "model": policy, "baseline": reference, "prompts": cfg.eval_prompts, "gold_world": cfg.world,
+        "reward_model": rm_dir, "out_dir": str(eval_dir), **cfg.eval})
+    if not (eval_dir / "eval.json").is_file():
+        evaluate.run(eval_cfg)
+    result = json.loads((eval_dir / "eval.json").read_text())
+    by_prompt = gold_by_prompt(eval_dir)
+    numbers = {"gold_score": result["model"]["gold_score"], "gold_se": standard_error(by_prompt.values()),
+               "reference_gold_score": result["baseline"]["gold_score"],
+               "winrate_vs_reference": result["winrate_gold"], "kl_to_reference": result["model"]["kl_to_reference"],
+               "ppl": result["model"]["ppl"]}
+    return numbers, by_prompt
+
+
+def run_ppo(cfg: Config, policy: str, reference: str, rm_dir: str, out_dir: Path, seed: int) -> str:
+    """PPO from `policy` against `rm_dir` with `reference` as the KL reference (run once); the policy folder."""
+    ppo_cfg = load_config(ppo.Config, cfg.ppo_config, {
+        "policy": policy, "reference": reference, "reward_model": rm_dir, "prompts": cfg.prompts,
+        "pretrain_data": cfg.pretrain_data, "out_dir": str(out_dir), "gold_world": cfg.world, "seed": seed,
+        **cfg.ppo})
+    if not (out_dir / "summary.json").is_file():
+        ppo.run(ppo_cfg)
+    return str(out_dir / "final")
+
+
+def shown(value, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def write_report(out_dir: Path, rows: list[dict]) -> Path:
+    """report.json / report.md with a row per round and a plot of the gold score per round."""
+    report = Report(out_dir, "chatforge iterate: gold score per round of RLHF")
+    for row in rows:
+        name = f"round_{row['round']}"
+        report.add(f"{name}_gold_score", row["gold_score"], f"mean gold score of {name}'s policy, T=1 samples of "
+                   "the held-out prompts")
+        report.add(f"{name}_gold_se", row["gold_se"], "its standard error over prompts")
+        if "gold_gain" in row:
+            report.add(f"{name}_gold_gain", row["gold_gain"], "gain over the round before, paired by prompt")
+            report.add(f"{name}_gold_gain_se", row["gold_gain_se"], "its standard error over prompts")
+        report.add(f"{name}_winrate_vs_reference", row["winrate_vs_reference"], "gold win rate against the reference")
+        report.add(f"{name}_kl", row["kl_to_reference"], "KL to the reference per response, nats")
+        if row.get("rm_val_accuracy") is not None:
+            report.add(f"{name}_rm_val_accuracy", row["rm_val_accuracy"], "the round's RM on all held-out comparisons")
+        if row.get("control_gold_score") is not None:
+            report.add(f"{name}_control_gold_score", row["control_gold_score"],
+                       "the same PPO against the previous round's RM (no new rankings)")
+    header = ("| round | new comparisons (pools / prompts) | labeler agreement | RM val acc | RM gold agreement | "
+              "gold score +- SE | gain over previous +- SE | win rate vs reference | KL | control gold (gain over it) |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        pools = f"{row['comparisons']} ({row['pools']} / {row['prompts_sampled']})" if "comparisons" in row else "-"
+        gain = f"{shown(row.get('gold_gain'))} +- {shown(row.get('gold_gain_se'))}" if "gold_gain" in row else "-"
+        control = (f"{shown(row['control_gold_score'])} ({shown(row['control_gain'])} +- "
+                   f"{shown(row['control_gain_se'])})" if row.get("control_gold_score") is not None else "-")
+        lines.append(f"| {row['round']} | {pools} | {shown(row.get('labeler_agreement'))} | "
+                     f"{shown(row.get('rm_val_accuracy'))} | {shown(row.get('rm_gold_agreement'))} | "
+                     f"{shown(row['gold_score'])} +- {shown(row['gold_se'])} | {gain} | "
+                     f"{shown(row['winrate_vs_reference'])} | {shown(row['kl_to_reference'], 2)} | {control} |")
+    rounds = [row["round"] for row in rows]
+    image = report.plot("gold_per_round", {"gold score": (rounds, [row["gold_score"] for row in rows]),
+                                           "win rate vs reference": (rounds, [row["winrate_vs_reference"]
+                                                                              for row in rows])},
+                        "round", "held-out score", "Iterated RLHF: gold score per round")
+    report.section("Rounds", "\n".join(lines) + f"\n\nRow {rows[0]['round']} is the start policy. Gold scores are "
+                   "means over T=1 samples of the held-out prompts (the same prompts, decoding and seed in every "
+                   "row); SE is the standard error over prompts, gains are paired by prompt.\n\n" + image)
+    return report.save()[1]
 
 
 def run(cfg: Config) -> Path:
@@ -121,54 +274,59 @@ def run(cfg: Config) -> Path:
     for stage_cls, path, overrides in ((rm.Config, cfg.rm_config, cfg.rm), (ppo.Config, cfg.ppo_config, cfg.ppo),
                                        (evaluate.Config, cfg.eval_config, cfg.eval)):
         load_config(stage_cls, path, overrides, validate=False)
+    max_new_tokens = load_config(ppo.Config, cfg.ppo_config, cfg.ppo, validate=False).max_new_tokens
     reference = cfg.reference or cfg.policy
     scorer = GoldScorer.from_dir(cfg.world)
-    agreement = cfg.labeler_agreement or json.loads((Path(cfg.world) / "labeler.json").read_text())["agreement"]
     train_files, val_files = list(cfg.comparisons), list(cfg.val_comparisons)
-    policy, rounds = cfg.policy, []
+
+    print(f"\n== iterate: evaluating the start policy {cfg.policy}", flush=True)
+    start, before = evaluate_policy(cfg, cfg.policy, reference, cfg.reward_model, out_dir / "start" / "eval")
+    rows = [{"round": cfg.first_round - 1, "policy": cfg.policy, **start}]
+    policy, previous_rm = cfg.policy, cfg.reward_model
     for round_no in range(cfg.first_round, cfg.first_round + cfg.rounds):
         round_dir = out_dir / f"round_{round_no}"
         print(f"\n== iterate: round {round_no}, sampling {policy}", flush=True)
         stats_file = round_dir / "round.json"
         if not stats_file.is_file():
-            stats = collect_comparisons(cfg, policy, round_dir, round_no, scorer, agreement)
+            stats = collect_comparisons(cfg, policy, round_dir, round_no, scorer, max_new_tokens)
             stats_file.write_text(json.dumps(stats, indent=1))
-        stats = {"round": round_no, "start_policy": policy, **json.loads(stats_file.read_text())}
+        row = {"round": round_no, "start_policy": policy, **json.loads(stats_file.read_text())}
         train_files.append(str(round_dir / "comparisons" / "train.jsonl"))
         val_files.append(str(round_dir / "comparisons" / "val.jsonl"))
 
         rm_cfg = load_config(rm.Config, cfg.rm_config, {
             "model": reference, "train_data": train_files, "val_data": val_files,
-            "holdout_labelers": [f"sim-{cfg.labelers - 1}"], "out_dir": str(round_dir / "rm"),
-            "gold_world": cfg.world, **cfg.rm})
-        rm_dir = Path(rm_cfg.out_dir) / "final"
+            "holdout_labelers": [f"sim-{cfg.labelers - 1}"] if cfg.rankings_from == "simulated" else [],
+            "out_dir": str(round_dir / "rm"), "gold_world": cfg.world, **cfg.rm})
         if not (Path(rm_cfg.out_dir) / "summary.json").is_file():
-            rm_dir = rm.run(rm_cfg)
+            rm.run(rm_cfg)
+        rm_dir = str(Path(rm_cfg.out_dir) / "final")
         val = json.loads((Path(rm_cfg.out_dir) / "summary.json").read_text())["val"]
 
-        ppo_cfg = load_config(ppo.Config, cfg.ppo_config, {
-            "policy": policy, "reference": reference, "reward_model": str(rm_dir), "prompts": cfg.prompts,
-            "pretrain_data": cfg.pretrain_data, "out_dir": str(round_dir / "ppo"), "gold_world": cfg.world,
-            "seed": cfg.seed + round_no, **cfg.ppo})
-        policy = str(Path(ppo_cfg.out_dir) / "final")
-        if not (Path(ppo_cfg.out_dir) / "summary.json").is_file():
-            policy = str(ppo.run(ppo_cfg))
-
-        eval_cfg = load_config(evaluate.Config, cfg.eval_config, {
-            "model": policy, "baseline": reference, "prompts": cfg.eval_prompts, "gold_world": cfg.world,
-            "reward_model": str(rm_dir), "out_dir": str(round_dir / "eval"), **cfg.eval})
-        eval_file = Path(eval_cfg.out_dir) / "eval.json"
-        if not eval_file.is_file():
-            evaluate.run(eval_cfg)
-        result = json.loads(eval_file.read_text())
-        stats.update(policy=policy, rm_val_accuracy=val["accuracy"], rm_gold_agreement=val.get("gold_agreement"),
-                     gold_score=result["model"]["gold_score"], reference_gold_score=result["baseline"]["gold_score"],
-                     winrate_vs_reference=result["winrate_gold"], kl_to_reference=result["model"]["kl_to_reference"])
-        rounds.append(stats)
-        print(f"iterate: round {round_no}: {stats['comparisons']} new comparisons, RM val accuracy "
-              f"{stats['rm_val_accuracy']:.3f}, gold score {stats['gold_score']:.3f} (reference "
-              f"{stats['reference_gold_score']:.3f}), win rate vs reference {stats['winrate_vs_reference']:.3f}, "
-              f"KL {stats['kl_to_reference']:.2f}", flush=True)
-        (out_dir / "iterate.json").write_text(json.dumps({"rounds": rounds}, indent=1))
-    print(f"iterate: done -> {policy}\n  per round: {out_dir / 'iterate.json'}")
+        new_policy = run_ppo(cfg, policy, reference, rm_dir, round_dir / "ppo", cfg.seed + round_no)
+        numbers, by_prompt = evaluate_policy(cfg, new_policy, reference, rm_dir, round_dir / "eval")
+        gain, gain_se = paired_gain(by_prompt, before)
+        row.update(policy=new_policy, rm_val_accuracy=val["accuracy"], rm_gold_agreement=val.get("gold_agreement"),
+                   **numbers, gold_gain=gain, gold_gain_se=gain_se)
+        if cfg.control and previous_rm:
+            # the same PPO (start, steps, seed) against the RM the start policy already had: the gain
+            # over it is what this round's new rankings added beyond more optimisation
+            control_policy = run_ppo(cfg, policy, reference, previous_rm, round_dir / "control_ppo",
+                                     cfg.seed + round_no)
+            control, control_by_prompt = evaluate_policy(cfg, control_policy, reference, rm_dir,
+                                                         round_dir / "control_eval")
+            control_gain, control_gain_se = paired_gain(by_prompt, control_by_prompt)
+            row.update(control_gold_score=control["gold_score"], control_kl=control["kl_to_reference"],
+                       control_gain=control_gain, control_gain_se=control_gain_se)
+        rows.append(row)
+        print(f"iterate: round {round_no}: {row['comparisons']} new comparisons, RM val accuracy "
+              f"{row['rm_val_accuracy']:.3f}, gold score {row['gold_score']:.3f} +- {row['gold_se']:.3f} "
+              f"(gain {gain:+.3f} +- {gain_se:.3f}; reference {row['reference_gold_score']:.3f}), win rate vs "
+              f"reference {row['winrate_vs_reference']:.3f}, KL {row['kl_to_reference']:.2f}"
+              + (f", control gold {row['control_gold_score']:.3f}" if "control_gold_score" in row else ""),
+              flush=True)
+        (out_dir / "iterate.json").write_text(json.dumps({"rounds": rows}, indent=1))
+        policy, previous_rm, before = new_policy, rm_dir, by_prompt
+    report_md = write_report(out_dir, rows)
+    print(f"iterate: done -> {policy}\n  per round: {out_dir / 'iterate.json'}\n  report:    {report_md}")
     return Path(policy)

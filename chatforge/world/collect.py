@@ -3,7 +3,8 @@
 Sample K responses per prompt from the policy (the SFT model in InstructGPT's first round), drop
 duplicate responses (a ranking of equal texts says nothing; pools left with one response are
 skipped), and have one of several simulated labelers rank each pool. The labelers' noise is
-calibrated on these very pools so two independent labelers agree `agreement` of the time.
+calibrated on these very pools so two independent labelers agree `agreement` of the time, unless
+the caller fixes it (later rounds of iterated RLHF keep the same labelers).
 """
 
 from __future__ import annotations
@@ -34,15 +35,19 @@ def sample_pools(model, tokenizer, prompts: list, k: int, params: SamplingParams
 
 
 def label_pools(scorer: GoldScorer, pools: list[tuple], n_labelers: int = 4, agreement: float = 0.73,
-                seed: int = 0) -> tuple[list[dict], dict]:
+                seed: int = 0, noise: float | None = None) -> tuple[list[dict], dict]:
     """Rank each pool by one of n_labelers simulated labelers (round robin).
+
+    The labelers' noise is calibrated so two of them agree `agreement` of the time on these pools, or,
+    when `noise` is given, is that (the same labelers as on earlier pools; their agreement is measured).
 
     Returns comparison records {"prompt", "responses" (best first), "labeler"} and the labelers' stats:
     noise, the agreement two independent labelers reach on these pools, and the most they could reach.
     """
     scores = gold_pools(scorer, pools)
     ceiling = expected_agreement(scores, 0.0)
-    noise = calibrate_noise(scores, agreement) if agreement < ceiling else 0.0
+    if noise is None:
+        noise = calibrate_noise(scores, agreement) if agreement < ceiling else 0.0
     labelers = [SimulatedLabeler(scorer, noise, seed=seed * 100 + i) for i in range(n_labelers)]
     records = []
     for index, (prompt, responses) in enumerate(pools):

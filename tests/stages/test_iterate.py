@@ -1,4 +1,6 @@
 import json
+import math
+import threading
 
 import pytest
 import yaml
@@ -10,7 +12,7 @@ RM = {"epochs": 1, "batch_prompts": 4, "learning_rate": 1e-3, "device": "cpu", "
       "tensorboard": False}
 PPO = {"steps": 2, "rollout_batch": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 12,
        "ptx_coef": 0.0, "save_every": 0, "device": "cpu", "num_threads": 1, "tensorboard": False}
-EVAL = {"max_prompts": 6, "samples_per_prompt": 1, "max_new_tokens": 12, "ppl_corpus": [], "device": "cpu",
+EVAL = {"max_prompts": 6, "samples_per_prompt": 2, "max_new_tokens": 12, "ppl_corpus": [], "device": "cpu",
         "num_threads": 1}
 
 
@@ -29,25 +31,40 @@ def line_count(path) -> int:
     return sum(1 for line in open(path) if line.strip())
 
 
-def test_two_rounds_chain_policy_rm_and_reference(tiny_world_base, tmp_path):
+def test_two_rounds_chain_policy_rm_reference_and_control(tiny_world_base, tmp_path):
     world_dir, base = tiny_world_base
-    final = iterate.run(iterate_config(world_dir, base, tmp_path / "it"))
-    rounds = json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert final == tmp_path / "it" / "round_2" / "ppo" / "final"
-    for key in ("comparisons", "rm_val_accuracy", "gold_score", "winrate_vs_reference", "kl_to_reference"):
-        assert all(r[key] is not None for r in rounds), key
+    run_dir = tmp_path / "it"
+    final = iterate.run(iterate_config(world_dir, base, run_dir, control=True))
+    rows = json.loads((run_dir / "iterate.json").read_text())["rounds"]
+    # row 0 is the start policy, evaluated like every round
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[0]["policy"] == str(base)
+    assert final == run_dir / "round_2" / "ppo" / "final"
+    for key in ("comparisons", "rm_val_accuracy", "gold_score", "gold_se", "gold_gain", "winrate_vs_reference",
+                "kl_to_reference", "labeler_agreement"):
+        assert all(r[key] is not None for r in rows[1:]), key
     # round 2 samples round 1's policy, starts PPO from it, and keeps the first policy as the KL reference
-    second_ppo = yaml.safe_load((tmp_path / "it" / "round_2" / "ppo" / "config.yaml").read_text())
-    assert second_ppo["policy"] == str(tmp_path / "it" / "round_1" / "ppo" / "final")
+    second_ppo = yaml.safe_load((run_dir / "round_2" / "ppo" / "config.yaml").read_text())
+    assert second_ppo["policy"] == str(run_dir / "round_1" / "ppo" / "final")
     assert second_ppo["reference"] == str(base)
-    assert rounds[1]["start_policy"] == second_ppo["policy"]
+    assert rows[2]["start_policy"] == second_ppo["policy"]
     # round 2's RM trains on both rounds' comparisons and starts from the reference
-    second_rm = yaml.safe_load((tmp_path / "it" / "round_2" / "rm" / "config.yaml").read_text())
+    second_rm = yaml.safe_load((run_dir / "round_2" / "rm" / "config.yaml").read_text())
     assert second_rm["model"] == str(base)
-    assert second_rm["train_data"] == [str(tmp_path / "it" / f"round_{n}" / "comparisons" / "train.jsonl")
-                                       for n in (1, 2)]
-    assert line_count(tmp_path / "it" / "round_2" / "comparisons" / "train.jsonl") > 0
+    assert second_rm["train_data"] == [str(run_dir / f"round_{n}" / "comparisons" / "train.jsonl") for n in (1, 2)]
+    assert line_count(run_dir / "round_2" / "comparisons" / "train.jsonl") > 0
+    # the control of round 2: the same start and seed, round 1's RM; round 1 has no earlier RM, so no control
+    control = yaml.safe_load((run_dir / "round_2" / "control_ppo" / "config.yaml").read_text())
+    assert control["policy"] == second_ppo["policy"] and control["seed"] == second_ppo["seed"]
+    assert control["reward_model"] == str(run_dir / "round_1" / "rm" / "final")
+    assert "control_gold_score" in rows[2] and "control_gold_score" not in rows[1]
+    assert not (run_dir / "round_1" / "control_ppo").exists()
+    # the gain is paired by prompt against the row before: here it equals the difference of the means
+    assert rows[2]["gold_gain"] == pytest.approx(rows[2]["gold_score"] - rows[1]["gold_score"], abs=1e-9)
+    report = (run_dir / "report.md").read_text()
+    assert "| 2 |" in report and (run_dir / "plots" / "gold_per_round.png").is_file()
+    assert json.loads((run_dir / "report.json").read_text())["round_2_gold_score"] == pytest.approx(
+        rows[2]["gold_score"], abs=1e-6)
 
 
 def test_a_finished_round_is_not_redone(tiny_world_base, tmp_path):
@@ -57,7 +74,52 @@ def test_a_finished_round_is_not_redone(tiny_world_base, tmp_path):
     stamp = comparisons.stat().st_mtime_ns
     iterate.run(iterate_config(world_dir, base, tmp_path / "it", rounds=2))
     assert comparisons.stat().st_mtime_ns == stamp
-    assert len(json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]) == 2
+    assert len(json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]) == 3
+
+
+def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
+    world_dir, base = tiny_world_base
+    export = tmp_path / "label" / "round_1.jsonl"
+    export.parent.mkdir()
+    ranked = [{"prompt": f"What is {a} plus 2?", "responses": [f"{a} plus 2 is {a + 2}.", "I am not sure."],
+               "labeler": "alice"} for a in range(10)]
+    export.write_text("".join(json.dumps(r) + "\n" for r in ranked))
+    run_dir = tmp_path / "it"
+    iterate.run(iterate_config(world_dir, base, run_dir, rounds=1,
+                               rankings_from=str(tmp_path / "label" / "round_{round}.jsonl")))
+    round_dir = run_dir / "round_1"
+    kept = [json.loads(line) for name in ("train", "val")
+            for line in (round_dir / "comparisons" / f"{name}.jsonl").read_text().splitlines()]
+    assert sorted(r["responses"][0] for r in kept) == sorted(r["responses"][0] for r in ranked)
+    assert {r["labeler"] for r in kept} == {"alice"}
+    assert line_count(round_dir / "to_label.jsonl") > 0  # the policy's samples, for the labeling job
+    # no held-out simulated labeler when people rank
+    assert yaml.safe_load((round_dir / "rm" / "config.yaml").read_text())["holdout_labelers"] == []
+
+
+def test_waiting_for_an_export(tmp_path):
+    export = tmp_path / "export.jsonl"
+    with pytest.raises(ChatforgeError, match="no export after waiting"):
+        iterate.wait_for_export(export, minutes=0.001, poll_seconds=0.01)
+    threading.Timer(0.05, export.write_text, args=("{}\n",)).start()
+    assert iterate.wait_for_export(export, minutes=1, poll_seconds=0.01) == export
+
+
+def test_paired_gain_and_standard_error():
+    before = {"a": 0.0, "b": 0.5, "c": 1.0}
+    after = {"a": 0.5, "b": 0.5, "c": 1.0, "d": 0.0}  # d is not in `before`: left out
+    gain, se = iterate.paired_gain(after, before)
+    # gains 0.5, 0, 0: mean 1/6, sample std sqrt(1/12), SE sqrt(1/12) / sqrt(3) = 1/6
+    assert gain == pytest.approx(1 / 6) and se == pytest.approx(1 / 6)
+    assert math.isnan(iterate.standard_error([1.0]))
+
+
+def test_gold_by_prompt_averages_each_prompts_samples(tmp_path):
+    # prompt-major samples; the same prompt text twice is still two prompts
+    samples = [{"prompt": "p", "sample": 0, "model_gold": 1.0}, {"prompt": "p", "sample": 1, "model_gold": 0.0},
+               {"prompt": "p", "sample": 0, "model_gold": -1.0}, {"prompt": "p", "sample": 1, "model_gold": -0.5}]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    assert iterate.gold_by_prompt(tmp_path) == {0: 0.5, 1: -0.75}
 
 
 def test_bad_fields_fail_before_anything_loads(tiny_world_base, tmp_path):
@@ -66,3 +128,7 @@ def test_bad_fields_fail_before_anything_loads(tiny_world_base, tmp_path):
         iterate_config(world_dir, base, tmp_path / "it", comparison_k=12)
     with pytest.raises(ChatforgeError, match="world.json"):
         iterate_config(world_dir, base, tmp_path / "it", world=str(tmp_path))
+    with pytest.raises(ChatforgeError, match="rankings_from"):
+        iterate_config(world_dir, base, tmp_path / "it", rankings_from="labels.csv")
+    with pytest.raises(ChatforgeError, match="reward_model"):
+        iterate_config(world_dir, base, tmp_path / "it", reward_model=str(base))  # a causal LM, not an RM
