@@ -76,7 +76,9 @@ def test_ppo_raises_the_reward(tiny_world_base, reward_model_dir, tmp_path):
     ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "ppo", steps=12, rollout_batch=16,
                        ppo_epochs=4, ptx_coef=0.0, kl_coef=0.01, save_every=0))
     rewards = [m["rollout/reward"] for m in read_metrics(tmp_path / "ppo")]
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+    # halves, not the first and last 3 steps: one 16-sample batch's mean reward swings by ~0.5
+    first, last = rewards[:6], rewards[6:]
+    assert sum(last) / 6 > sum(first) / 6 + 0.1, rewards
 
 
 def run_cli(world_dir, base, rm_dir, out_dir, *extra) -> int:
