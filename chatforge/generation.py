@@ -21,13 +21,19 @@ Conventions of `GenerationResult` (RL depends on them):
   log_softmax(logits) for greedy and beam search (temperature is not used there).
 - `finished[i]` is True when the response ended with a stop token, False when it was cut at
   `max_new_tokens` or at the model's context length (max_position_embeddings).
+
+Streaming (a chat reply as it is written): `generate(..., on_token=f)` calls f for every token;
+`TokenStream` turns that into an iterator (generation on another thread), and `IncrementalDecoder`
+turns token ids into text pieces without splitting a multi-byte character.
 """
 
 from __future__ import annotations
 
 import inspect
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -217,6 +223,105 @@ def generate(model, tokenizer, prompts: Prompt | Sequence[Prompt], params: Sampl
         texts = [tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=True)
                  for ids, done in zip(responses, finished)]
     return GenerationResult(prompt_ids, responses, logprobs, finished, texts, pad_id)
+
+
+class _Cancelled(Exception):
+    """Raised inside on_token to end a generation whose TokenStream was closed."""
+
+
+class TokenStream:
+    """`generate` on another thread, seen as an iterator of (prompt_index, token_id) as tokens are picked.
+
+    The tokens, and `result` (set when the iteration ends), are exactly what `generate` returns for the
+    same arguments (greedy / sampling only). close() ends the generation at its next token (result
+    stays None). `executor` runs the generation (none: a new thread); a server passes one one-worker
+    executor so that requests are decoded one at a time.
+    """
+
+    def __init__(self, model, tokenizer, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
+                 batch_size: int | None = None, executor=None):
+        params = params or SamplingParams()
+        params.validate()
+        if params.num_beams > 1:
+            raise ChatforgeError("streaming works with greedy and sampling only, not beam search (num_beams > 1)")
+        self.stop_token_ids = (params.stop_token_ids if params.stop_token_ids is not None
+                               else default_stop_token_ids(tokenizer, model))
+        self.result: GenerationResult | None = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()  # (index, token), then ("done" | "failed", value)
+        self._cancelled = threading.Event()
+
+        def work():
+            try:
+                if self._cancelled.is_set():  # closed while waiting for the executor
+                    raise _Cancelled
+                result = generate(model, tokenizer, prompts, params, batch_size, on_token=self._push)
+                self._events.put(("done", result))
+            except BaseException as exc:  # handed to the consumer's thread, raised there
+                self._events.put(("failed", exc))
+
+        if executor is None:
+            threading.Thread(target=work, daemon=True).start()
+        else:
+            executor.submit(work)
+
+    def _push(self, index: int, token: int) -> None:
+        if self._cancelled.is_set():
+            raise _Cancelled
+        self._events.put((index, token))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        while True:
+            kind, value = self._events.get()
+            if kind == "done":
+                self.result = value
+                return
+            if kind == "failed":
+                if isinstance(value, _Cancelled):
+                    return
+                raise value
+            yield kind, value
+
+    def close(self) -> None:
+        """Stop generating (at the next token); the iteration ends."""
+        self._cancelled.set()
+
+    def __enter__(self) -> "TokenStream":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class IncrementalDecoder:
+    """Token ids in, new text out: decodes the growing sequence and returns the suffix it adds.
+
+    A character whose UTF-8 bytes span several tokens decodes to U+FFFD until its last byte comes, so
+    a trailing U+FFFD is held back; flush() gives whatever is left at the end.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
+        self.token_ids: list[int] = []
+        self.text = ""  # the decoded text handed out so far
+
+    def add(self, token_id: int) -> str:
+        """Append a token; return the new text it completes (may be empty)."""
+        self.token_ids.append(token_id)
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=self.skip_special_tokens)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """The text still held back (an incomplete character at the very end)."""
+        return self._advance(self.tokenizer.decode(self.token_ids, skip_special_tokens=self.skip_special_tokens))
+
+    def _advance(self, text: str) -> str:
+        # decoding a longer sequence extends the shorter one's text (byte-level BPE, no clean-up of spaces),
+        # so the new part is the suffix past what was handed out
+        piece = text[len(self.text):]
+        self.text = text
+        return piece
 
 
 def _pad_token_id(tokenizer, model, stop_ids: list[int]) -> int:

@@ -63,3 +63,25 @@ def tiny_world_base(tmp_path_factory):
                          "num_attention_heads": 4},
         seq_len=128, batch_size=8, max_steps=20, warmup_steps=2, eval_every=0, save_every=0, tensorboard=False))
     return world_dir, base
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """A random 2-layer Llama (96 positions) saved with chatforge's BPE tokenizer and chat template.
+
+    Untrained: tests of chat / serving check mechanics (streaming, history, the API), not replies.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from chatforge.models.io import save_hf_folder
+    from chatforge.stages.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(random_documents(200, seed=2) + ["héllo wörld, 日本語 ok"] * 5, vocab_size=400)
+    torch.manual_seed(0)
+    # untied embeddings: a random tied model mostly repeats its last input token
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    return save_hf_folder(model, tokenizer, tmp_path_factory.mktemp("chat_model") / "model")
