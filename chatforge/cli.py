@@ -13,6 +13,7 @@ from chatforge.config import config_help, load_config
 from chatforge.errors import ChatforgeError
 
 COMMANDS = {
+    "curate": ("chatforge.stages.curate", "curate raw documents: dedup (exact, MinHash-LSH), quality filter, mixture weights"),
     "world": ("chatforge.world.stage", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
     "tokenizer": ("chatforge.stages.tokenizer", "train a byte-level BPE tokenizer with chat special tokens"),
     "pretrain": ("chatforge.stages.pretrain", "pretrain (or continue) a decoder-only causal LM"),
@@ -21,7 +22,10 @@ COMMANDS = {
     "ppo": ("chatforge.stages.ppo", "RLHF: PPO(-ptx) of the policy against a reward model, with a critic and a KL penalty"),
     "iterate": ("chatforge.stages.iterate", "iterated RLHF: sample the policy, rank, retrain the RM, PPO again; N rounds"),
     "generate": ("chatforge.stages.generate", "sample from any causal-LM folder (greedy, beam, sampling)"),
+    "chat": ("chatforge.stages.chat", "chat with a model in the terminal (multi-turn, streamed replies)"),
+    "serve": ("chatforge.stages.serve", "serve a chat model: OpenAI-compatible /v1/chat/completions and a chat page"),
     "eval": ("chatforge.stages.evaluate", "compare a checkpoint with a baseline: win rate, reward, KL, perplexity, best-of-n"),
+    "label": ("chatforge.stages.label", "labeling web app for human feedback: label serve | create-job | add-labeler | export"),
     "demo": ("chatforge.demo", "the built-in end-to-end run on CPU, writing runs/demo/report.{md,json}"),
 }
 
@@ -76,20 +80,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    config_cls, entry, text = getattr(module, "Config", None), getattr(module, "run", None), COMMANDS[name][1]
+    actions = getattr(module, "ACTIONS", None)  # a command with sub-actions: `chatforge label serve ...`
+    if actions is not None:
+        if not rest or rest[0] not in actions:
+            listing = "\n".join(f"  {action:<12} {line}" for action, (_, _, line) in actions.items())
+            asked = not rest or rest[0] in ("-h", "--help")
+            print(("" if asked else f"error: unknown action '{rest[0]}'\n\n")
+                  + f"usage: chatforge {name} ACTION [--config FILE] [key=value ...]\n\nactions:\n{listing}\n\n"
+                  f"`chatforge {name} ACTION --help` lists the action's config fields.",
+                  file=sys.stdout if asked else sys.stderr)
+            return 0 if asked else 2
+        config_cls, entry, text = actions[rest[0]]
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    cfg = None
     try:
         config_file, overrides, want_help = parse_args(rest)
         if want_help:
-            print(f"chatforge {name}: {COMMANDS[name][1]}\n\n{(module.__doc__ or '').strip()}\n\nconfig fields:")
-            print(config_help(module.Config))
+            print(f"chatforge {name}: {text}\n\n{(module.__doc__ or '').strip()}\n\nconfig fields:")
+            print(config_help(config_cls))
             return 0
-        cfg = load_config(module.Config, config_file, overrides)
-        module.run(cfg)
+        cfg = load_config(config_cls, config_file, overrides)
+        entry(cfg)
     except ChatforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from chatforge.guards import is_out_of_memory, out_of_memory_advice
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: {out_of_memory_advice(name, cfg)}\n({type(exc).__name__}: {str(exc)[:300]})", file=sys.stderr)
+        return 3
     return 0
 
 

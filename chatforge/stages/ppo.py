@@ -44,6 +44,7 @@ from chatforge.data.packing import PackedBlocks
 from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
+from chatforge.guards import NonFiniteGuard
 from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, policy_loss,
                               token_cross_entropy, value_loss, whiten)
 from chatforge.metrics import MetricsLogger, progress_bar
@@ -97,7 +98,7 @@ class Config:
     gold_world: str = opt("", "built-in world folder: log the gold score of every rollout batch")
     log_every: int = opt(1, "steps between progress-bar updates of the metrics (every step is logged)")
     save_every: int = opt(50, "steps between checkpoints (0 = only at the end)")
-    keep_last: int = opt(1, "resume checkpoints kept")
+    keep_last: int = opt(2, "resume checkpoints kept (with 2, a damaged newest one falls back to the one before)")
     resume: bool = opt(True, "continue from the newest checkpoint in out_dir if there is one")
     seed: int = opt(0, "seed for prompt order, sampling and minibatches")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
@@ -242,6 +243,7 @@ def run(cfg: Config) -> Path:
           f"{state['reward_mean']:.3f} +- {state['reward_std']:.3f}")
 
     progress = progress_bar(cfg.steps, "ppo", state["step"])
+    guard = NonFiniteGuard("ppo", out_dir)
     while state["step"] < cfg.steps:
         step = state["step"]
         step_start = time.perf_counter()
@@ -299,9 +301,11 @@ def run(cfg: Config) -> Path:
                 pg_stats["entropy"] = masked_mean(token_entropy, mb_mask).item()
                 actor_loss.backward()
                 vf_loss.backward()
-                for model, optimizer, scheduler in ((actor, actor_opt, actor_sched), (critic, critic_opt, critic_sched)):
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-                    if torch.isfinite(norm):  # a non-finite update is skipped, never applied
+                norms = torch.stack([torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                                     for model in (actor, critic)])
+                apply = guard.step_ok(step, actor_loss.item() + vf_loss.item(), norms)  # else skip, never apply
+                for optimizer, scheduler in ((actor_opt, actor_sched), (critic_opt, critic_sched)):
+                    if apply:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()

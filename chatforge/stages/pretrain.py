@@ -11,6 +11,7 @@ accumulation (bf16 autocast and SDPA attention on GPU). Writes to out_dir:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.corpus import corpus_files
 from chatforge.data.packing import PackedBlocks, validation_batches
 from chatforge.errors import ChatforgeError
+from chatforge.guards import NonFiniteGuard
 from chatforge.losses import IGNORE_INDEX, token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
@@ -139,7 +141,6 @@ def run(cfg: Config) -> Path:
     else:
         model = build_model(cfg, tokenizer)
     model.to(device).train()
-    save_config(cfg, out_dir / "config.yaml")
 
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -150,15 +151,18 @@ def run(cfg: Config) -> Path:
 
     train_blocks = PackedBlocks(cfg.corpus, tokenizer, cfg.seq_len, cfg.text_field, cfg.shuffle_buffer, cfg.seed)
     batches = train_blocks.batches(cfg.batch_size, skip_blocks=state["blocks_seen"])
+    # a bad record in the first shuffle buffer of text fails here, before anything in out_dir is written
+    batches = itertools.chain([next(batches)], batches)
     val_batches = (validation_batches(cfg.val_corpus, tokenizer, cfg.seq_len, cfg.val_tokens, cfg.batch_size,
                                       cfg.text_field) if cfg.val_corpus else [])
+    save_config(cfg, out_dir / "config.yaml")
     logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
     n_params = count_parameters(model)
     print(f"pretrain: {n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens vocabulary, device {device}"
           f"{', ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}")
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
-    bad_steps, last_val = 0, None
+    guard, last_val = NonFiniteGuard("pretrain", out_dir), None
     window_start, window_tokens = time.perf_counter(), 0
     progress = progress_bar(cfg.max_steps, "pretrain", state["step"])
     while state["step"] < cfg.max_steps:
@@ -171,16 +175,9 @@ def run(cfg: Config) -> Path:
             step_loss += loss.item()
         state["blocks_seen"] += cfg.batch_size * cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
-            # a non-finite step would poison the weights: skip it, and stop if it keeps happening
-            optimizer.zero_grad(set_to_none=True)
-            bad_steps += 1
-            if bad_steps >= 5:
-                last = latest_checkpoint(out_dir)
-                raise ChatforgeError(f"pretrain: {bad_steps} non-finite steps in a row at step {state['step']}; "
-                                     f"lower learning_rate. Last good checkpoint: {last}")
+        if not guard.step_ok(state["step"], step_loss, grad_norm):
+            optimizer.zero_grad(set_to_none=True)  # a non-finite step would poison the weights: skip it
             continue
-        bad_steps = 0
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

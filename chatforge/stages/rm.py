@@ -9,6 +9,8 @@ SFT policy in the InstructGPT recipe) have mean 0.
     out_dir/final/          the reward model (AutoModelForSequenceClassification, one label)
     out_dir/summary.json    pairwise accuracy (overall, per K, per labeler), reward mean/std, gold agreement
     out_dir/metrics.jsonl   loss, accuracy, lr per step
+    out_dir/checkpoints/    resume points (each epoch's end, and every save_every steps; with LoRA the
+                            merged weights, so a resumed LoRA run starts fresh adapters on them)
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ from typing import Literal
 
 import torch
 
+from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import Comparison, data_files, fit_to_context, read_comparisons
 from chatforge.errors import ChatforgeError
 from chatforge.generation import context_length
+from chatforge.guards import NonFiniteGuard
 from chatforge.losses import pairwise_accuracy, ranking_loss
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_tokenizer, save_hf_folder
-from chatforge.models.reward import build_reward_model, chat_ids, pad_right, sequence_rewards
+from chatforge.models.reward import build_reward_model, chat_ids, load_reward_model, pad_right, sequence_rewards
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, start_run
@@ -62,6 +66,9 @@ class Config:
     lora_targets: str = opt("all-linear", "modules that get adapters (PEFT target_modules)")
     gold_world: str = opt("", "built-in world folder: also report agreement with the gold scorer")
     log_every: int = opt(10, "steps between metric lines")
+    save_every: int = opt(0, "steps between mid-epoch resume checkpoints (0 = only at the end of each epoch)")
+    keep_last: int = opt(2, "resume checkpoints kept (with 2, a damaged newest one falls back to the one before)")
+    resume: bool = opt(True, "continue from the newest checkpoint in out_dir if there is one")
     seed: int = opt(0, "seed for data order")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
     dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
@@ -165,11 +172,11 @@ def run(cfg: Config) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; the reward model needs one")
-    model = build_reward_model(cfg.model, tokenizer.pad_token_id)
+    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    model = load_reward_model(resume_from) if resume_from else build_reward_model(cfg.model, tokenizer.pad_token_id)
     max_len = cfg.max_len or context_length(model) or 2048
     model = configure_trainable(model, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
     model.to(device).train()
-    save_config(cfg, out_dir / "config.yaml")
 
     comparisons, stats = read_comparisons(cfg.train_data)
     held_out = [c for c in comparisons if c.labeler in cfg.holdout_labelers]
@@ -192,41 +199,58 @@ def run(cfg: Config) -> Path:
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, int(cfg.warmup_ratio * total_steps)), total_steps, cfg.min_lr_ratio))
-    logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg))
+    # epoch_rows: comparisons of the current epoch already consumed, the data position of a mid-epoch resume
+    state = {"step": 0, "epoch": 0, "epoch_rows": 0}
+    stateful = {"optimizer": optimizer, "scheduler": scheduler}
+    if resume_from is not None:
+        state.update(load_trainer_state(resume_from, stateful))
+        print(f"rm: resuming at step {state['step']} (epoch {state['epoch'] + 1}) from {resume_from}")
+    save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
+    logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg), state["step"])
     pad_id = tokenizer.pad_token_id
     print(f"rm: {len(train)} comparisons ({sum(len(t.sequences) for t in train)} responses), "
           f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
 
-    progress = progress_bar(total_steps, "rm")
-    step = 0
-    for epoch in range(cfg.epochs):
+    progress = progress_bar(total_steps, "rm", state["step"])
+    guard = NonFiniteGuard("rm", out_dir)
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
         order = list(range(len(train)))
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-        for first in range(0, len(order), cfg.batch_prompts):
+        for first in range(state["epoch_rows"], len(order), cfg.batch_prompts):
+            state["epoch_rows"] = first + cfg.batch_prompts
             batch = [train[i] for i in order[first:first + cfg.batch_prompts]]
             sizes = [len(item.sequences) for item in batch]
             rewards = batch_rewards(model, batch, pad_id, device, amp_dtype)
             loss = ranking_loss(rewards, sizes, cfg.margin)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            if not guard.step_ok(state["step"], loss.item(), grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
                 continue
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            state["step"] += 1
+            step = state["step"]
             progress.update(1)
             if step % cfg.log_every == 0:
                 ok, n = pairwise_accuracy(rewards.detach(), sizes)
                 logger.log(step, {"train/loss": loss.item(), "train/accuracy": ok / n,
                                   "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
                 progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ok / n:.2f}")
+            if cfg.save_every and step % cfg.save_every == 0 and state["epoch_rows"] < len(order):
+                save_checkpoint(out_dir, step, plain_model(model), tokenizer, stateful,
+                                {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
         if val:
             result = evaluate(model, val, pad_id, device, amp_dtype, cfg.batch_prompts)
-            logger.log(step, {"val/accuracy": result["accuracy"]})
+            logger.log(state["step"], {"val/accuracy": result["accuracy"]})
             progress.write(f"rm: epoch {epoch + 1}: val pairwise accuracy {result['accuracy']:.4f}")
+        state["epoch"], state["epoch_rows"] = epoch + 1, 0
+        save_checkpoint(out_dir, state["step"], plain_model(model), tokenizer, stateful,
+                        {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
     progress.close()
+    step = state["step"]
 
     # the bias that centres the rewards of the training responses (SFT samples) at 0
     model.eval()

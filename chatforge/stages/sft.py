@@ -8,8 +8,9 @@ and the checkpoint kept as `best/` is the best by that score, not by loss: Instr
 overfits on validation loss after one epoch while the answers keep getting better.
 
     out_dir/metrics.jsonl, tensorboard/    loss, lr, tokens/s; per epoch val loss and answer score
-    out_dir/checkpoints/step_N/            resume points (end of each epoch; with LoRA they hold the merged
-                                           weights, so a resumed LoRA run starts fresh adapters on them)
+    out_dir/checkpoints/step_N/            resume points (each epoch's end, and every save_every steps); with
+                                           LoRA they hold the merged weights, so a resumed LoRA run starts
+                                           fresh adapters on them
     out_dir/best/                          the selected model (LoRA merged): a plain HF folder
     out_dir/summary.json                   per-epoch numbers and the chosen epoch
 """
@@ -34,6 +35,7 @@ from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import chat_answers
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, context_length
+from chatforge.guards import NonFiniteGuard
 from chatforge.losses import token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
@@ -72,7 +74,8 @@ class Config:
     eval_max_new_tokens: int = opt(48, "longest answer generated for scoring")
     eval_temperature: float = opt(0.0, "0 = greedy answers for scoring; > 0 samples at this temperature")
     log_every: int = opt(10, "steps between metric lines")
-    keep_last: int = opt(1, "resume checkpoints kept")
+    save_every: int = opt(0, "steps between mid-epoch resume checkpoints (0 = only at the end of each epoch)")
+    keep_last: int = opt(2, "resume checkpoints kept (with 2, a damaged newest one falls back to the one before)")
     resume: bool = opt(True, "continue from the newest checkpoint in out_dir if there is one")
     seed: int = opt(0, "seed for data order and sampling")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
@@ -163,7 +166,6 @@ def run(cfg: Config) -> Path:
     model = configure_trainable(model, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                 cfg.lora_targets).to(device)
     model.train()
-    save_config(cfg, out_dir / "config.yaml")
 
     train_rows = make_rows(load_chats(cfg.train_data, tokenizer, max_len, cfg.too_long, "train"), max_len, cfg.packing)
     val_rows = (make_rows(load_chats(cfg.val_data, tokenizer, max_len, cfg.too_long, "val"), max_len, cfg.packing)
@@ -172,28 +174,33 @@ def run(cfg: Config) -> Path:
     eval_prompts = [p for p, _ in read_prompts(cfg.eval_prompts)] if cfg.eval_prompts and judge else []
     eval_prompts = eval_prompts[:cfg.eval_max_prompts or None]
     pad_id = tokenizer.pad_token_id
+    save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
 
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, int(cfg.warmup_ratio * total_steps)), total_steps, cfg.min_lr_ratio))
-    state = {"step": 0, "epoch": 0, "epochs": [], "best_epoch": None, "best_key": None}
+    # epoch_rows: training rows of the current epoch already consumed, the data position of a mid-epoch resume
+    state = {"step": 0, "epoch": 0, "epoch_rows": 0, "epochs": [], "best_epoch": None, "best_key": None}
     if resume_from is not None:
         state.update(load_trainer_state(resume_from, {"optimizer": optimizer, "scheduler": scheduler}))
-        print(f"sft: resuming after epoch {state['epoch']} from {resume_from}")
+        print(f"sft: resuming at step {state['step']} (epoch {state['epoch'] + 1}, row {state['epoch_rows']}) "
+              f"from {resume_from}")
     logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
     print(f"sft: {len(train_rows)} training sequences ({'packed' if cfg.packing else 'one chat each'}, "
           f"max {max_len} tokens), {steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
 
     progress = progress_bar(total_steps, "sft", state["step"])
+    guard = NonFiniteGuard("sft", out_dir)
     window_start, window_tokens = time.perf_counter(), 0
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         order = list(range(len(train_rows)))
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
         per_step = cfg.batch_size * cfg.grad_accum
-        for first in range(0, len(order), per_step):
+        for first in range(state["epoch_rows"], len(order), per_step):
+            state["epoch_rows"] = first + per_step
             step_rows = [train_rows[i] for i in order[first:first + per_step]]
             step_loss = 0.0
             micro_batches = [step_rows[i:i + cfg.batch_size] for i in range(0, len(step_rows), cfg.batch_size)]
@@ -205,9 +212,8 @@ def run(cfg: Config) -> Path:
                 step_loss += loss.item()
                 window_tokens += sum(len(chat.input_ids) for row in rows for chat in row)  # padding not counted
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+            if not guard.step_ok(state["step"], step_loss, grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
-                progress.write(f"sft: step {state['step']}: non-finite loss or gradient, step skipped")
                 continue
             optimizer.step()
             scheduler.step()
@@ -221,6 +227,10 @@ def run(cfg: Config) -> Path:
                 logger.log(state["step"], {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
                                            "train/grad_norm": float(grad_norm), "train/tokens_per_s": rate})
                 progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:,.0f}")
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["epoch_rows"] < len(order):
+                save_checkpoint(out_dir, state["step"], plain_model(model), tokenizer,
+                                {"optimizer": optimizer, "scheduler": scheduler},
+                                {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
 
         # end of epoch: validation loss, then the answers' score, which picks the checkpoint
         record = {"epoch": epoch + 1, "step": state["step"]}
@@ -233,7 +243,7 @@ def run(cfg: Config) -> Path:
             f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step"))))
         key = record.get("score", -record.get("val_loss", 0.0))  # higher is better
         state["epochs"].append(record)
-        state["epoch"] = epoch + 1
+        state["epoch"], state["epoch_rows"] = epoch + 1, 0
         weights = plain_model(model)  # with LoRA, one merged copy serves both saves
         if state["best_key"] is None or key > state["best_key"] or not (eval_prompts or val_rows):
             state["best_key"], state["best_epoch"] = key, epoch + 1
