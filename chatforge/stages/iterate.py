@@ -275,6 +275,9 @@ def run(cfg: Config) -> Path:
                                        (evaluate.Config, cfg.eval_config, cfg.eval)):
         load_config(stage_cls, path, overrides, validate=False)
     max_new_tokens = load_config(ppo.Config, cfg.ppo_config, cfg.ppo, validate=False).max_new_tokens
+    if cfg.num_threads:  # the stages set their own threads; they get iterate's unless told otherwise
+        threads = {"num_threads": cfg.num_threads}
+        cfg.rm, cfg.ppo, cfg.eval = ({**threads, **overrides} for overrides in (cfg.rm, cfg.ppo, cfg.eval))
     reference = cfg.reference or cfg.policy
     scorer = GoldScorer.from_dir(cfg.world)
     train_files, val_files = list(cfg.comparisons), list(cfg.val_comparisons)
