@@ -311,6 +311,8 @@ def run(cfg: Config) -> Path:
         gain, gain_se = paired_gain(by_prompt, before)
         row.update(policy=new_policy, rm_val_accuracy=val["accuracy"], rm_gold_agreement=val.get("gold_agreement"),
                    **numbers, gold_gain=gain, gold_gain_se=gain_se)
+        rows.append(row)
+        (out_dir / "iterate.json").write_text(json.dumps({"rounds": rows}, indent=1))
         if cfg.control and previous_rm:
             # the same PPO (start, steps, seed) against the RM the start policy already had: the gain
             # over it is what this round's new rankings added beyond more optimisation
@@ -321,7 +323,6 @@ def run(cfg: Config) -> Path:
             control_gain, control_gain_se = paired_gain(by_prompt, control_by_prompt)
             row.update(control_gold_score=control["gold_score"], control_kl=control["kl_to_reference"],
                        control_gain=control_gain, control_gain_se=control_gain_se)
-        rows.append(row)
         print(f"iterate: round {round_no}: {row['comparisons']} new comparisons, RM val accuracy "
               f"{row['rm_val_accuracy']:.3f}, gold score {row['gold_score']:.3f} +- {row['gold_se']:.3f} "
               f"(gain {gain:+.3f} +- {gain_se:.3f}; reference {row['reference_gold_score']:.3f}), win rate vs "
@@ -329,7 +330,7 @@ def run(cfg: Config) -> Path:
               + (f", control gold {row['control_gold_score']:.3f}" if "control_gold_score" in row else ""),
               flush=True)
         (out_dir / "iterate.json").write_text(json.dumps({"rounds": rows}, indent=1))
+        report_md = write_report(out_dir, rows)
         policy, previous_rm, before = new_policy, rm_dir, by_prompt
-    report_md = write_report(out_dir, rows)
     print(f"iterate: done -> {policy}\n  per round: {out_dir / 'iterate.json'}\n  report:    {report_md}")
     return Path(policy)
