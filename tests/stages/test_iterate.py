@@ -70,11 +70,14 @@ def test_two_rounds_chain_policy_rm_reference_and_control(tiny_world_base, tmp_p
 def test_a_finished_round_is_not_redone(tiny_world_base, tmp_path):
     world_dir, base = tiny_world_base
     iterate.run(iterate_config(world_dir, base, tmp_path / "it", rounds=1))
-    comparisons = tmp_path / "it" / "round_1" / "comparisons" / "train.jsonl"
-    stamp = comparisons.stat().st_mtime_ns
-    iterate.run(iterate_config(world_dir, base, tmp_path / "it", rounds=2))
-    assert comparisons.stat().st_mtime_ns == stamp
-    assert len(json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]) == 3
+    round_dir = tmp_path / "it" / "round_1"
+    outputs = [round_dir / "comparisons" / "train.jsonl", round_dir / "rm" / "summary.json",
+               round_dir / "ppo" / "summary.json", round_dir / "eval" / "eval.json",
+               tmp_path / "it" / "start" / "eval" / "eval.json"]
+    stamps = [path.stat().st_mtime_ns for path in outputs]
+    iterate.run(iterate_config(world_dir, base, tmp_path / "it", rounds=1))
+    assert [path.stat().st_mtime_ns for path in outputs] == stamps
+    assert len(json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]) == 2
 
 
 def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
