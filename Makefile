@@ -15,6 +15,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected no test: that is a failure of the suite, said plainly
 test: $(STAMP)
+	@bash scripts/setup_browser.sh  # Debian's chromium for the labeling app's browser tests
 	@$(VENV)/bin/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
 
