@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from chatforge.config import opt, save_config
 from chatforge.curate.dedup import MinHashParams, cluster, signature_stream
@@ -39,7 +41,6 @@ from chatforge.curate.scoring import near_dup_scores, quality_scores, read_truth
 from chatforge.curate.text import jaccard, normalize, shingles
 from chatforge.data.corpus import corpus_files, iter_documents
 from chatforge.errors import ChatforgeError
-from chatforge.metrics import progress_bar
 from chatforge.world.crawl import CrawlConfig, write_crawl
 
 
@@ -198,8 +199,8 @@ def run(cfg: Config) -> Path:
     seen_exact: set[bytes] = set()
     band_keys, spill_source, spill_pos, truth_pos_exact = [], [], [], []
     spill_path = work / "stage1.jsonl"
-    bar = progress_bar(None, "curate: dedup")
-    bar.unit = "doc"
+    # not chatforge.metrics.progress_bar: that module brings in torch, which curation never needs
+    bar = tqdm(desc="curate: dedup", unit="doc", mininterval=0.5 if sys.stderr.isatty() else 30.0)
     with spill_path.open("w", encoding="utf-8") as spill:
         for source_index, source in enumerate(cfg.sources):
             texts = iter_documents(source.paths, source.text_field, on_bad=counter(source.name))
