@@ -16,7 +16,6 @@ comes with its standard error over prompts and its gain over the row before, pai
 but against the previous round's RM: what more PPO would have given without new rankings.
 
     out_dir/round_N/comparisons/{train,val}.jsonl   this round's new rankings (samples of the round's start policy)
-    out_dir/round_N/to_label.jsonl                  those samples unranked, for a labeling job (rankings_from=FILE)
     out_dir/round_N/rm/, round_N/ppo/               the stages' own run folders (final/ = the models)
     out_dir/round_N/eval/                           the round's policy against the reference (`chatforge eval`)
     out_dir/round_N/control_ppo/, control_eval/     the control run (control=true)
@@ -140,28 +139,34 @@ def wait_for_export(path: Path, minutes: float, poll_seconds: float = 10.0) -> P
 
 def collect_comparisons(cfg: Config, policy_dir: str, round_dir: Path, round_no: int, scorer: GoldScorer,
                         max_new_tokens: int) -> dict:
-    """Sample the round's policy on fresh prompts, have them ranked, write train/val; return the stats."""
+    """Have samples of the round's policy ranked, write them as train/val; return the stats."""
     seed = cfg.seed * 1000 + round_no
-    prompts = [p for p, _ in read_prompts(cfg.prompts)]
-    random.Random(seed).shuffle(prompts)
-    prompts = prompts[:cfg.comparison_prompts]
-    policy, tokenizer = load_causal_lm(policy_dir), load_tokenizer(policy_dir)
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg.temperature, seed=seed)
-    pools = sample_pools(policy, tokenizer, prompts, cfg.comparison_k, sampling)
-    write_jsonl(round_dir / "to_label.jsonl", [{"prompt": p, "responses": r} for p, r in pools])
-    stats = {"prompts_sampled": len(prompts), "pools": len(pools),
-             "mean_pool_size": mean(len(r) for _, r in pools)}
     if cfg.rankings_from == "simulated":
+        prompts = [p for p, _ in read_prompts(cfg.prompts)]
+        random.Random(seed).shuffle(prompts)
+        prompts = prompts[:cfg.comparison_prompts]
+        policy, tokenizer = load_causal_lm(policy_dir), load_tokenizer(policy_dir)
+        sampling = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg.temperature,
+                                  seed=seed)
+        pools = sample_pools(policy, tokenizer, prompts, cfg.comparison_k, sampling)
         noise = None if cfg.labeler_agreement else \
             json.loads((Path(cfg.world) / "labeler.json").read_text())["noise"]
         records, labeling = label_pools(scorer, pools, cfg.labelers, cfg.labeler_agreement or 0.73, seed, noise)
-        stats.update(labeler_noise=labeling["noise"], labeler_agreement=labeling["agreement"])
+        stats = {"prompts_sampled": len(prompts), "pools": len(pools),
+                 "mean_pool_size": mean(len(r) for _, r in pools), "labeler_noise": labeling["noise"],
+                 "labeler_agreement": labeling["agreement"]}
     else:
-        export = wait_for_export(Path(cfg.rankings_from.format(round=round_no)), cfg.wait_minutes)
-        comparisons, _ = read_comparisons(export)
+        # the labeling job samples the policy itself (`chatforge label create-job model=...`)
+        export = Path(cfg.rankings_from.format(round=round_no))
+        if not export.is_file():
+            print(f"iterate: round {round_no} waits up to {cfg.wait_minutes:g} min for {export}: rank samples of "
+                  f"{policy_dir}, e.g. `chatforge label create-job db=DB name=round{round_no} model={policy_dir} "
+                  f"prompts={cfg.prompts} k={cfg.comparison_k}`, then `chatforge label export db=DB "
+                  f"out_dir={export.parent}`", flush=True)
+        comparisons, _ = read_comparisons(wait_for_export(export, cfg.wait_minutes))
         records = [{"prompt": c.prompt, "responses": c.responses, **({"labeler": c.labeler} if c.labeler else {})}
                    for c in comparisons]
-        stats.update(export=str(export))
+        stats = {"export": str(export)}
     random.Random(round_no).shuffle(records)
     n_val = int(len(records) * cfg.val_share)
     write_jsonl(round_dir / "comparisons" / "train.jsonl", records[n_val:])
@@ -245,7 +250,9 @@ def write_report(out_dir: Path, rows: list[dict]) -> Path:
               "gold score +- SE | gain over previous +- SE | win rate vs reference | KL | control gold (gain over it) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
-        pools = f"{row['comparisons']} ({row['pools']} / {row['prompts_sampled']})" if "comparisons" in row else "-"
+        pools = str(row.get("comparisons", "-"))
+        if "pools" in row:  # simulated labelers: prompts with 2+ distinct samples / prompts sampled
+            pools += f" ({row['pools']} / {row['prompts_sampled']})"
         gain = f"{shown(row.get('gold_gain'))} +- {shown(row.get('gold_gain_se'))}" if "gold_gain" in row else "-"
         control = (f"{shown(row['control_gold_score'])} ({shown(row['control_gain'])} +- "
                    f"{shown(row['control_gain_se'])})" if row.get("control_gold_score") is not None else "-")
@@ -296,6 +303,9 @@ def run(cfg: Config) -> Path:
         row = {"round": round_no, "start_policy": policy, **json.loads(stats_file.read_text())}
         train_files.append(str(round_dir / "comparisons" / "train.jsonl"))
         val_files.append(str(round_dir / "comparisons" / "val.jsonl"))
+        if "export" in row and (Path(row["export"]).parent / "comparisons_heldout.jsonl").is_file():
+            # `chatforge label export` keeps held-out labelers' rankings apart: they only evaluate
+            val_files.append(str(Path(row["export"]).parent / "comparisons_heldout.jsonl"))
 
         rm_cfg = load_config(rm.Config, cfg.rm_config, {
             "model": reference, "train_data": train_files, "val_data": val_files,

@@ -87,6 +87,8 @@ def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
     ranked = [{"prompt": f"What is {a} plus 2?", "responses": [f"{a} plus 2 is {a + 2}.", "I am not sure."],
                "labeler": "alice"} for a in range(10)]
     export.write_text("".join(json.dumps(r) + "\n" for r in ranked))
+    heldout = export.parent / "comparisons_heldout.jsonl"  # `chatforge label export`'s held-out labelers
+    heldout.write_text(json.dumps({**ranked[0], "labeler": "bob"}) + "\n")
     run_dir = tmp_path / "it"
     iterate.run(iterate_config(world_dir, base, run_dir, rounds=1,
                                rankings_from=str(tmp_path / "label" / "round_{round}.jsonl")))
@@ -95,9 +97,9 @@ def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
             for line in (round_dir / "comparisons" / f"{name}.jsonl").read_text().splitlines()]
     assert sorted(r["responses"][0] for r in kept) == sorted(r["responses"][0] for r in ranked)
     assert {r["labeler"] for r in kept} == {"alice"}
-    assert line_count(round_dir / "to_label.jsonl") > 0  # the policy's samples, for the labeling job
-    # no held-out simulated labeler when people rank
-    assert yaml.safe_load((round_dir / "rm" / "config.yaml").read_text())["holdout_labelers"] == []
+    rm_config = yaml.safe_load((round_dir / "rm" / "config.yaml").read_text())
+    assert rm_config["holdout_labelers"] == []  # no held-out simulated labeler when people rank
+    assert rm_config["val_data"] == [str(round_dir / "comparisons" / "val.jsonl"), str(heldout)]
 
 
 def test_waiting_for_an_export(tmp_path):
