@@ -52,21 +52,24 @@ def sign_in(client, name: str, token: str):
 
 def simulate_labelers(base_url: str, credentials: list[tuple[str, str]], seconds: float, seed: int = 0,
                       timeout_s: float = 30.0) -> LoadResult:
-    """One thread per (name, token): sign in, then take the next item and rank it until `seconds` pass."""
+    """One thread per (name, token): sign in; then, for `seconds` from when all have signed in, take the
+    next item and rank it at random, again and again."""
     import httpx2
 
     result, lock = LoadResult(), threading.Lock()
-    deadline = time.monotonic() + seconds
+    window = {}  # the clock starts once everyone has signed in (scrypt is slow on purpose)
+    barrier = threading.Barrier(len(credentials), action=lambda: window.update(start=time.monotonic()))
 
     def labeler(index: int, name: str, token: str):
         rng = random.Random(seed * 1000 + index)
         with httpx2.Client(base_url=base_url, timeout=timeout_s, follow_redirects=False) as client:
             signed_in = sign_in(client, name, token)
+            barrier.wait()
             if signed_in.status_code != 303:
                 with lock:
                     result.failures.append((name, "sign in", signed_in.status_code))
                 return
-            while time.monotonic() < deadline:
+            while time.monotonic() < window["start"] + seconds:
                 start = time.perf_counter()
                 try:
                     step = client.get("/next")
@@ -97,12 +100,11 @@ def simulate_labelers(base_url: str, credentials: list[tuple[str, str]], seconds
 
     threads = [threading.Thread(target=labeler, args=(i, name, token), daemon=True)
                for i, (name, token) in enumerate(credentials)]
-    began = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(seconds + 2 * timeout_s)
-    result.seconds = time.monotonic() - began
+        thread.join()  # each stops by itself: the window, then at most one request's timeout
+    result.seconds = time.monotonic() - window["start"]
     return result
 
 
