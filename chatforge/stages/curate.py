@@ -7,7 +7,8 @@
    cluster (the first; sources listed earlier win), signatures computed by `workers` processes;
 4. quality: a hashed n-gram logistic regression of the reference corpus (positive) against the raw
    crawl (negative), saved and reusable; a document of a filtered source is kept when a Pareto draw
-   exceeds 1 - score;
+   exceeds 1 - score (the score first divided by the held-out reference's mean score, since the
+   crawl's good documents are negatives too; score_calibration=none keeps GPT-3's raw score);
 5. mixture: each source's share of a token budget, repeated or subsampled to fit (epochs).
 
 OUTPUT_DIR/
@@ -26,6 +27,7 @@ import resource
 import shutil
 import sys
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -197,7 +199,8 @@ def run(cfg: Config) -> Path:
     # --- pass 1: read, exact duplicates, MinHash band keys; survivors spill to disk --------------------
     crawl_sample = Reservoir(cfg.quality_train_docs, rng)
     seen_exact: set[bytes] = set()
-    band_keys, spill_source, spill_pos, truth_pos_exact = [], [], [], []
+    # per document only its band keys and two positions are held (arrays, not lists of Python ints)
+    band_keys, spill_source, spill_pos, truth_pos_exact = [], array("i"), array("q"), array("q")
     spill_path = work / "stage1.jsonl"
     # not chatforge.metrics.progress_bar: that module brings in torch, which curation never needs
     bar = tqdm(desc="curate: dedup", unit="doc", mininterval=0.5 if sys.stderr.isatty() else 30.0)
@@ -227,7 +230,7 @@ def run(cfg: Config) -> Path:
     bar.close()
     del seen_exact
     band_keys = np.concatenate(band_keys) if band_keys else np.zeros((0, params.banding[0]), dtype=np.uint64)
-    spill_source, spill_pos = np.array(spill_source, dtype=np.int32), np.array(spill_pos, dtype=np.int64)
+    spill_source, spill_pos = np.frombuffer(spill_source, dtype=np.int32), np.frombuffer(spill_pos, dtype=np.int64)
     clusters = cluster(band_keys)
     del band_keys
     dedup_seconds = time.perf_counter() - started

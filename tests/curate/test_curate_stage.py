@@ -97,8 +97,32 @@ def test_bad_input_fails_clearly_or_is_counted(tmp_path):
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ChatforgeError, match="field 'sources' is empty"):
         curate.Config(output_dir=tmp_path).validate()
+    web = write(tmp_path / "web.jsonl", [b'{"text": "a"}'])
     with pytest.raises(ChatforgeError, match="field 'reference' is empty"):
-        curate.Config(sources=[curate.Source("web", [str(tmp_path / "x.jsonl")])], output_dir=tmp_path).validate() \
-            if write(tmp_path / "x.jsonl", [b'{"text": "a"}']) else None
-    with pytest.raises(ChatforgeError, match="threshold"):
+        curate.Config(sources=[curate.Source("web", [str(web)])], output_dir=tmp_path).validate()
+    with pytest.raises(ChatforgeError, match=r"web.txt: corpus file or folder does not exist"):
+        curate.Config(sources=[curate.Source("web", [str(tmp_path / "web.txt")])], output_dir=tmp_path).validate()
+    with pytest.raises(ChatforgeError, match="field 'threshold'"):
         load_config(curate.Config, "configs/curate_world.yaml", {"threshold": 1.5})
+
+
+def test_txt_parquet_and_jsonl_sources_with_their_own_fields(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    story = "the miller of {} grinds wheat every morning and sells flour to the baker by the bridge"
+    (tmp_path / "pages.txt").write_text(f"{story.format('trask')}\n\n{story.format('mirrow')}\n\n\n{story.format('elsby')}\n")
+    pq.write_table(pa.table({"text": [story.format("halvik"), story.format("trask")]}), tmp_path / "more.parquet")
+    write(tmp_path / "books.jsonl", [json.dumps({"body": story.format("MIRROW") + "!"}).encode(),
+                                     json.dumps({"body": "a book about owls and the long winter in the hills"}).encode()])
+    curate.run(load_config(curate.Config, None, {
+        "output_dir": str(tmp_path / "out"), "threshold": 0.5,
+        "sources": [{"name": "web", "paths": [str(tmp_path / "pages.txt"), str(tmp_path / "more.parquet")],
+                     "quality_filter": False},
+                    {"name": "books", "paths": [str(tmp_path / "books.jsonl")], "text_field": "body",
+                     "quality_filter": False}]}))
+    report = json.loads((tmp_path / "out" / "curation_report.json").read_text())
+    assert report["sources"]["web"]["docs_in"] == 5 and report["sources"]["books"]["docs_in"] == 2
+    # "trask" twice in web; the books' mirrow copy differs only in case and punctuation: the earlier source wins
+    assert report["sources"]["web"]["exact_dups"] == 1 and report["sources"]["books"]["exact_dups"] == 1
+    assert report["docs_out"] == 5 - 1 + 2 - 1 - report["near_dups"]
