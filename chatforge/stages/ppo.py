@@ -35,7 +35,8 @@ from typing import Literal
 
 import torch
 
-from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge import distributed as dist
+from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.corpus import iter_documents
@@ -46,7 +47,7 @@ from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, policy_loss,
-                              token_cross_entropy, value_loss, whiten)
+                              token_cross_entropy, value_loss)
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
@@ -54,7 +55,7 @@ from chatforge.models.scoring import (join_rollout, response_logits, response_lo
                                       token_logprobs_and_entropy)
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, start_run
+from chatforge.runtime import autocast, enable_gradient_checkpointing, on_device, start_run
 
 
 @dataclass
@@ -67,13 +68,13 @@ class Config:
     pretrain_data: list[str] = opt([], "pretraining text (.jsonl/.txt/.parquet) for the ptx loss")
     out_dir: str = opt("runs/ppo", "run folder")
     steps: int = opt(100, "rollout batches (PPO iterations)")
-    rollout_batch: int = opt(64, "prompts sampled per step, one response each")
+    rollout_batch: int = opt(64, "prompts sampled per step, one response each, over all ranks (each of N: 1/N)")
     max_new_tokens: int = opt(48, "longest response; a response cut here never ended and is penalised")
     temperature: float = opt(1.0, "sampling temperature of the rollouts (the logprobs use the same)")
     long_prompts: Literal["error", "drop"] = opt(
         "error", "a prompt with no room for max_new_tokens in the context: stop with an error, or drop it")
     ppo_epochs: int = opt(4, "passes over each rollout batch")
-    minibatch_size: int = opt(16, "responses per PPO minibatch (one optimizer step each)")
+    minibatch_size: int = opt(16, "responses per PPO minibatch (one optimizer step each), over all ranks")
     learning_rate: float = opt(1e-5, "actor learning rate")
     critic_learning_rate: float = opt(1e-5, "critic learning rate")
     min_lr_ratio: float = opt(1.0, "final learning rate as a share of the peak (1 = constant, <1 = cosine decay)")
@@ -89,7 +90,7 @@ class Config:
     normalize_reward: bool = opt(True, "divide RM rewards by (subtract the mean of) rewards of SFT samples")
     missing_eos_penalty: float = opt(1.0, "subtracted from the (normalised) reward of a response that never ended")
     ptx_coef: float = opt(0.0, "gamma of PPO-ptx: weight of the pretraining LM loss (0 = plain PPO)")
-    ptx_batch_size: int = opt(8, "pretraining sequences per PPO minibatch")
+    ptx_batch_size: int = opt(8, "pretraining sequences per PPO minibatch, over all ranks")
     ptx_seq_len: int = opt(0, "tokens per pretraining sequence (0 = the model's context)")
     freeze_layers: int = opt(0, "freeze the actor's embeddings and this many lowest layers")
     lora_r: int = opt(0, "LoRA rank for the actor (0 = full fine-tuning); the saved policy has it merged")
@@ -104,6 +105,9 @@ class Config:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
     dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    gradient_checkpointing: bool = opt(False, "actor and critic recompute activations in the backward pass: less memory")
+    offload_frozen: bool = opt(False, "keep the reference and reward model on the CPU, moving each to the GPU only "
+                                      "for its forward pass (no-op on CPU runs)")
     tensorboard: bool = opt(True, "also write TensorBoard event files")
     wandb_project: str = opt("", "log to this Weights & Biases project too (needs wandb)")
 
@@ -127,6 +131,8 @@ class Config:
         if self.minibatch_size > self.rollout_batch:
             raise ChatforgeError(f"ppo: minibatch_size {self.minibatch_size} is larger than rollout_batch "
                                  f"{self.rollout_batch}")
+        for name in ("rollout_batch", "minibatch_size") + (("ptx_batch_size",) if self.ptx_coef > 0 else ()):
+            dist.check_divisible("ppo", name, getattr(self, name))
 
 
 def load_rl_prompts(cfg: Config, tokenizer, context: int) -> list[tuple]:
@@ -205,12 +211,20 @@ def run(cfg: Config) -> Path:
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
     actor = load_causal_lm(resume_from or cfg.policy, device=device)
     actor = configure_trainable(actor, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
-    reference = load_causal_lm(reference_dir, device=device).requires_grad_(False)
-    reward_model = load_reward_model(cfg.reward_model, device).requires_grad_(False)
+    frozen_device = "cpu" if cfg.offload_frozen else device  # offloaded: on the GPU only for their forward passes
+    reference = load_causal_lm(reference_dir, device=frozen_device).requires_grad_(False)
+    reward_model = load_reward_model(cfg.reward_model, frozen_device).requires_grad_(False)
     critic = load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
     for model in (actor, reference, reward_model, critic):
         model.eval()  # dropout off in every role: the rollout policy must be the policy being scored
-    save_config(cfg, out_dir / "config.yaml")
+    if cfg.gradient_checkpointing:
+        for model in (actor, critic):
+            enable_gradient_checkpointing(model, in_eval_mode=True)
+    # what the minibatches train through: DDP under torchrun (gradients averaged over ranks), else the models
+    train_actor = dist.wrap(actor)
+    critic_values = dist.wrap(critic, forward=response_values)  # (ids, mask, prompt_width) -> (batch, R)
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")
 
     minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     total_updates = cfg.steps * cfg.ppo_epochs * minibatches
@@ -228,10 +242,10 @@ def run(cfg: Config) -> Path:
         print(f"ppo: resuming after step {state['step']} from {resume_from}")
     elif cfg.normalize_reward:
         # reward normalisation: the scale of SFT samples' rewards, measured once before any update
-        first_prompts = step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1)
+        first_prompts = dist.shard(step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1))
         _, tensors = rollout(actor, tokenizer, [ids for _, ids in first_prompts], cfg, cfg.seed + 1, device)
-        with torch.no_grad(), autocast(device, amp_dtype):
-            scores = sequence_rewards(reward_model, *join_rollout(tensors)[:2])
+        with torch.no_grad(), autocast(device, amp_dtype), on_device(reward_model, device, cfg.offload_frozen):
+            scores = dist.all_gather(sequence_rewards(reward_model, *join_rollout(tensors)[:2]))  # every rank's
         state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
     ptx_batches = None
     if cfg.ptx_coef > 0:
@@ -247,7 +261,7 @@ def run(cfg: Config) -> Path:
     while state["step"] < cfg.steps:
         step = state["step"]
         step_start = time.perf_counter()
-        batch_prompts = step_prompts(prompts, step, cfg.rollout_batch, cfg.seed)
+        batch_prompts = dist.shard(step_prompts(prompts, step, cfg.rollout_batch, cfg.seed))  # this rank's share
         result, rollout_batch = rollout(actor, tokenizer, [ids for _, ids in batch_prompts], cfg,
                                         cfg.seed * 1_000_003 + step, device)
         generated = time.perf_counter()
@@ -260,15 +274,17 @@ def run(cfg: Config) -> Path:
             # under bf16 the cached decoding drifts from a full pass, and the PPO ratio must start at 1
             old_logprobs = rollout_batch["logprobs"] if amp_dtype is None else \
                 response_logprobs(actor, input_ids, attention_mask, prompt_width, cfg.temperature)
-            ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
+            with on_device(reference, device, cfg.offload_frozen):
+                ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
             old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
-            raw_scores = sequence_rewards(reward_model, input_ids, attention_mask)  # at the last token, (batch,)
+            with on_device(reward_model, device, cfg.offload_frozen):
+                raw_scores = sequence_rewards(reward_model, input_ids, attention_mask)  # at the last token, (batch,)
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
         scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
         scores = scores - cfg.missing_eos_penalty * (1.0 - finished)
         rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores, state["kl_coef"])
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, mask)
+        advantages = dist.whiten(advantages, mask)  # mean and variance over every rank's rollouts
         rollout_batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages,
                              returns=returns)
         scored = time.perf_counter()
@@ -276,26 +292,27 @@ def run(cfg: Config) -> Path:
         # train: ppo_epochs passes of shuffled minibatches
         stats: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        minibatch_size = cfg.minibatch_size // dist.world_size()  # this rank's part of each minibatch
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(cfg.rollout_batch, generator=generator).to(device)
-            for first in range(0, cfg.rollout_batch, cfg.minibatch_size):
-                mb = trim(rollout_batch, order[first:first + cfg.minibatch_size])
+            order = torch.randperm(len(batch_prompts), generator=generator).to(device)
+            for first in range(0, len(batch_prompts), minibatch_size):
+                mb = trim(rollout_batch, order[first:first + minibatch_size])
                 mb_ids, mb_attention, mb_prompt = join_rollout(mb)
                 mb_mask = mb["response_mask"].float()
                 with autocast(device, amp_dtype):
-                    logits = response_logits(actor, mb_ids, mb_attention, mb_prompt, cfg.temperature)
+                    logits = response_logits(train_actor, mb_ids, mb_attention, mb_prompt, cfg.temperature)
                     logprobs, token_entropy = token_logprobs_and_entropy(logits, mb["response_ids"])
                     pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_mask,
                                                     cfg.clip_range)
                     actor_loss = pg_loss
                     if ptx_batches is not None:
-                        block = next(ptx_batches).to(device)  # (ptx_batch_size, ptx_seq_len + 1)
-                        ptx_loss = token_cross_entropy(actor(input_ids=block[:, :-1], use_cache=False).logits,
+                        block = dist.shard(next(ptx_batches)).to(device)  # (ptx_batch_size / ranks, ptx_seq_len + 1)
+                        ptx_loss = token_cross_entropy(train_actor(input_ids=block[:, :-1], use_cache=False).logits,
                                                        block[:, 1:])
                         actor_loss = actor_loss + cfg.ptx_coef * ptx_loss
                         state["ptx_blocks"] += cfg.ptx_batch_size
                         pg_stats["ptx_loss"] = ptx_loss.item()
-                    values = response_values(critic, mb_ids, mb_attention, mb_prompt)
+                    values = critic_values(mb_ids, mb_attention, mb_prompt)
                     vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
                                                    cfg.value_clip_range)
                 pg_stats["entropy"] = masked_mean(token_entropy, mb_mask).item()
@@ -315,10 +332,11 @@ def run(cfg: Config) -> Path:
         trained = time.perf_counter()
 
         if cfg.target_kl > 0:
-            state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], kl.sum(1).mean().item(), cfg.target_kl,
+            mean_kl = dist.all_reduce_mean(kl.sum(1).mean().item())  # over all ranks
+            state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], mean_kl, cfg.target_kl,
                                                 cfg.kl_horizon, cfg.rollout_batch)
         lengths = mask.sum(1)
-        tokens = int(lengths.sum())
+        tokens = int(dist.all_reduce_sum(lengths.sum()))  # over all ranks
         record = {
             "rollout/reward": raw_scores.mean().item(),
             "rollout/score": scores.mean().item(),
@@ -337,6 +355,7 @@ def run(cfg: Config) -> Path:
         if judge is not None:
             gold = judge([prompt for prompt, _ in batch_prompts], result.texts)
             record["rollout/gold_score"] = sum(gold) / len(gold)
+        record = dist.all_reduce_mean(record)  # means of the ranks' equal shares: the whole rollout batch's means
         state["step"] = step + 1
         state["first"] = state["first"] or record
         state["last"] = record
@@ -346,15 +365,17 @@ def run(cfg: Config) -> Path:
             progress.set_postfix(reward=f"{record['rollout/reward']:.3f}", kl=f"{record['rollout/kl']:.2f}",
                                  **({"gold": f"{record['rollout/gold_score']:.3f}"} if judge else {}))
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            save_checkpoint(out_dir, step + 1, plain_model(actor), tokenizer, stateful,
-                            {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
-                            write_extra=lambda folder: save_hf_folder(critic, tokenizer, folder / "critic"))
+            dist.on_main(save_checkpoint, out_dir, step + 1, plain_model(actor), tokenizer, stateful,
+                         {k: v for k, v in state.items() if k != "step"}, cfg.keep_last, rng_states=gather_rng_states(),
+                         write_extra=lambda folder: save_hf_folder(critic, tokenizer, folder / "critic"))
     progress.close()
     logger.close()
 
-    final = save_hf_folder(plain_model(actor), tokenizer, out_dir / "final")
+    final = out_dir / "final"
     summary = {"steps": state["step"], "reward_mean_sft": state["reward_mean"], "reward_std_sft": state["reward_std"],
                "kl_coef": state["kl_coef"], "first": state["first"], "last": state["last"]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if dist.is_main():
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    dist.on_main(save_hf_folder, plain_model(actor), tokenizer, final)
     print(f"ppo: done -> {final}")
     return final

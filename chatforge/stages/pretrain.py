@@ -17,10 +17,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge import distributed as dist
+from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.corpus import corpus_files
 from chatforge.data.packing import PackedBlocks, validation_batches
@@ -31,7 +33,7 @@ from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, start_run
+from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Config:
     model_overrides: dict = opt({}, "LlamaConfig fields replacing the preset's, e.g. {num_hidden_layers: 2}")
     out_dir: str = opt("runs/pretrain", "run folder: metrics, checkpoints, final model")
     seq_len: int = opt(256, "tokens per training sequence (packed)")
-    batch_size: int = opt(16, "sequences per micro-batch")
+    batch_size: int = opt(16, "sequences per micro-batch, over all ranks (under torchrun each of N takes 1/N)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     max_steps: int = opt(1000, "optimizer steps")
     learning_rate: float = opt(3e-3, "peak learning rate")
@@ -66,6 +68,9 @@ class Config:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, ~1/3 more compute")
+    distributed_strategy: Literal["ddp", "fsdp"] = opt(
+        "ddp", "under torchrun: ddp (a model copy per rank) or fsdp (FSDP2: weights, gradients, optimizer sharded)")
     tensorboard: bool = opt(True, "also write TensorBoard event files")
     wandb_project: str = opt("", "log to this Weights & Biases project too (needs wandb)")
 
@@ -84,6 +89,8 @@ class Config:
             raise ChatforgeError(f"pretrain: field 'model_preset' = '{self.model_preset}' is not one of "
                                  f"{sorted(PRESETS)}")
         require_positive(self, "pretrain", ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every"))
+        dist.check_divisible("pretrain", "batch_size", self.batch_size)
+        dist.check_strategy(self.distributed_strategy, "pretrain")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ChatforgeError(f"pretrain: field 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -119,12 +126,13 @@ def evaluate(model, batches, device, amp_dtype) -> float:
     """Mean loss per held-out token (every real token counted once)."""
     model.eval()
     total, count = 0.0, 0
-    for inputs, targets in batches:
+    for inputs, targets in dist.eval_shard(batches, model):  # under torchrun each rank scores its share
         inputs, targets = inputs.to(device), targets.to(device)
         n = int((targets != IGNORE_INDEX).sum())
         with autocast(device, amp_dtype):
             total += lm_loss(model, inputs, targets).item() * n
         count += n
+    total, count = dist.eval_sum((total, count), model)
     model.train()
     return total / max(count, 1)
 
@@ -141,13 +149,17 @@ def run(cfg: Config) -> Path:
     else:
         model = build_model(cfg, tokenizer)
     model.to(device).train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trained = dist.wrap(model, cfg.distributed_strategy)  # under torchrun DDP / FSDP2, else the model itself
 
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
     state = {"step": 0, "blocks_seen": 0, "tokens_seen": 0}
     if resume_from is not None:
-        state.update(load_trainer_state(resume_from, {"optimizer": optimizer, "scheduler": scheduler}))
+        state.update(load_trainer_state(resume_from, dist.checkpoint_state(
+            model, {"optimizer": optimizer, "scheduler": scheduler}, saving=False)))
 
     train_blocks = PackedBlocks(cfg.corpus, tokenizer, cfg.seq_len, cfg.text_field, cfg.shuffle_buffer, cfg.seed)
     batches = train_blocks.batches(cfg.batch_size, skip_blocks=state["blocks_seen"])
@@ -155,7 +167,8 @@ def run(cfg: Config) -> Path:
     batches = itertools.chain([next(batches)], batches)
     val_batches = (validation_batches(cfg.val_corpus, tokenizer, cfg.seq_len, cfg.val_tokens, cfg.batch_size,
                                       cfg.text_field) if cfg.val_corpus else [])
-    save_config(cfg, out_dir / "config.yaml")
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")
     logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
     n_params = count_parameters(model)
     print(f"pretrain: {n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens vocabulary, device {device}"
@@ -167,12 +180,15 @@ def run(cfg: Config) -> Path:
     progress = progress_bar(cfg.max_steps, "pretrain", state["step"])
     while state["step"] < cfg.max_steps:
         step_loss = 0.0
-        for _ in range(cfg.grad_accum):
-            block = next(batches).to(device)  # (batch, seq_len + 1)
-            with autocast(device, amp_dtype):
-                loss = lm_loss(model, block[:, :-1], block[:, 1:]) / cfg.grad_accum
-            loss.backward()
+        for micro in range(cfg.grad_accum):
+            # every rank reads the same seeded stream and takes every world_size-th block of each batch
+            block = dist.shard(next(batches)).to(device)  # (batch / world_size, seq_len + 1)
+            with dist.accumulating(trained, last=micro == cfg.grad_accum - 1):
+                with autocast(device, amp_dtype):
+                    loss = lm_loss(trained, block[:, :-1], block[:, 1:]) / cfg.grad_accum
+                loss.backward()
             step_loss += loss.item()
+        step_loss = dist.all_reduce_mean(step_loss)  # the whole batch's loss, the same number on every rank
         state["blocks_seen"] += cfg.batch_size * cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         if not guard.step_ok(state["step"], step_loss, grad_norm):
@@ -200,16 +216,19 @@ def run(cfg: Config) -> Path:
             logger.log(step, {"val/loss": last_val, "val/ppl": math.exp(min(last_val, 50))})
             progress.write(f"step {step}: val loss {last_val:.4f} (ppl {math.exp(min(last_val, 50)):.2f})")
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            save_checkpoint(out_dir, step, model, tokenizer, {"optimizer": optimizer, "scheduler": scheduler},
-                            {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
+            dist.on_main(save_checkpoint, out_dir, step, dist.saveable(model), tokenizer,
+                         dist.checkpoint_state(model, {"optimizer": optimizer, "scheduler": scheduler}, saving=True),
+                         {k: v for k, v in state.items() if k != "step"}, cfg.keep_last, rng_states=gather_rng_states())
     progress.close()
     if val_batches and last_val is None:  # resumed a finished run: still report its validation loss
         last_val = evaluate(model, val_batches, device, amp_dtype)
     logger.close()
 
-    final = save_hf_folder(model, tokenizer, out_dir / "final")
+    final = out_dir / "final"
     summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "parameters": n_params,
                "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)) if last_val is not None else None}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if dist.is_main():
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    dist.on_main(save_hf_folder, dist.saveable(model), tokenizer, final)
     print(f"pretrain: done, {state['tokens_seen']:,} tokens seen -> {final}")
     return final

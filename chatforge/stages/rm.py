@@ -21,12 +21,14 @@ import random
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge import distributed as dist
+from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import Comparison, data_files, fit_to_context, read_comparisons
@@ -39,7 +41,7 @@ from chatforge.models.io import check_model_dir, load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model, chat_ids, load_reward_model, pad_right, sequence_rewards
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, start_run
+from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Config:
     too_long: Literal["truncate_prompt", "drop"] = opt(
         "truncate_prompt", "a comparison too long for max_len: cut the prompt's start, or drop it")
     epochs: int = opt(1, "passes over the comparisons (InstructGPT: 1; more overfits)")
-    batch_prompts: int = opt(8, "comparisons (prompts, with all their K responses) per step")
+    batch_prompts: int = opt(8, "comparisons (prompts, with all their K responses) per step, over all ranks")
     learning_rate: float = opt(1e-4, "peak learning rate")
     min_lr_ratio: float = opt(0.1, "final learning rate as a share of the peak (cosine decay)")
     warmup_ratio: float = opt(0.05, "share of the steps spent warming up")
@@ -73,6 +75,7 @@ class Config:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
     dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, ~1/3 more compute")
     tensorboard: bool = opt(True, "also write TensorBoard event files")
 
     def validate(self):
@@ -86,6 +89,7 @@ class Config:
         if self.val_data:
             data_files(self.val_data)
         require_positive(self, "rm", ("epochs", "batch_prompts", "log_every"))
+        dist.check_divisible("rm", "batch_prompts", self.batch_prompts)
 
 
 @dataclass
@@ -110,12 +114,14 @@ def encode_comparisons(comparisons, tokenizer, max_len: int, too_long: str, stat
     return encoded
 
 
-def batch_rewards(model, batch: list[EncodedComparison], pad_id: int, device, amp_dtype) -> torch.Tensor:
-    """Rewards of every response of every comparison in the batch, flattened in order. # (sum of K,)"""
+def batch_rewards(rewards_of, batch: list[EncodedComparison], pad_id: int, device, amp_dtype) -> torch.Tensor:
+    """Rewards of every response of every comparison in the batch, flattened in order. # (sum of K,)
+
+    rewards_of(input_ids, attention_mask): sequence_rewards bound to the model, or its DDP wrapper (dist.wrap)."""
     sequences = [s for item in batch for s in item.sequences]
     ids, mask = pad_right(sequences, pad_id, device)
     with autocast(device, amp_dtype):
-        return sequence_rewards(model, ids, mask)
+        return rewards_of(ids, mask)
 
 
 @torch.no_grad()
@@ -128,7 +134,7 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
     all_rewards, gold_agree, gold_pairs, gold_as_rm = [], 0, 0, 0.0
     for start in range(0, len(items), batch_prompts):
         batch = items[start:start + batch_prompts]
-        rewards = batch_rewards(model, batch, pad_id, device, amp_dtype)
+        rewards = batch_rewards(partial(sequence_rewards, model), batch, pad_id, device, amp_dtype)
         offset = 0
         for item in batch:
             k = len(item.sequences)
@@ -177,6 +183,9 @@ def run(cfg: Config) -> Path:
     max_len = cfg.max_len or context_length(model) or 2048
     model = configure_trainable(model, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
     model.to(device).train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trained = dist.wrap(model, forward=sequence_rewards)  # rewards_of(ids, mask); DDP under torchrun
 
     comparisons, stats = read_comparisons(cfg.train_data)
     held_out = [c for c in comparisons if c.labeler in cfg.holdout_labelers]
@@ -205,7 +214,8 @@ def run(cfg: Config) -> Path:
     if resume_from is not None:
         state.update(load_trainer_state(resume_from, stateful))
         print(f"rm: resuming at step {state['step']} (epoch {state['epoch'] + 1}) from {resume_from}")
-    save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
     logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg), state["step"])
     pad_id = tokenizer.pad_token_id
     print(f"rm: {len(train)} comparisons ({sum(len(t.sequences) for t in train)} responses), "
@@ -219,11 +229,14 @@ def run(cfg: Config) -> Path:
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
         for first in range(state["epoch_rows"], len(order), cfg.batch_prompts):
             state["epoch_rows"] = first + cfg.batch_prompts
-            batch = [train[i] for i in order[first:first + cfg.batch_prompts]]
+            # under torchrun each rank takes its share of the comparisons; the weight makes the ranks' average
+            # gradient the one of the mean over all of them
+            batch, weight = dist.share([train[i] for i in order[first:first + cfg.batch_prompts]])
             sizes = [len(item.sequences) for item in batch]
-            rewards = batch_rewards(model, batch, pad_id, device, amp_dtype)
-            loss = ranking_loss(rewards, sizes, cfg.margin)
+            rewards = batch_rewards(trained, batch, pad_id, device, amp_dtype)
+            loss = ranking_loss(rewards, sizes, cfg.margin) * weight
             loss.backward()
+            loss = dist.all_reduce_mean(loss.detach())  # the whole batch's loss, the same on every rank
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not guard.step_ok(state["step"], loss.item(), grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
@@ -235,20 +248,22 @@ def run(cfg: Config) -> Path:
             step = state["step"]
             progress.update(1)
             if step % cfg.log_every == 0:
-                ok, n = pairwise_accuracy(rewards.detach(), sizes)
+                ok, n = dist.all_reduce_sum(pairwise_accuracy(rewards.detach(), sizes) if weight else (0, 0))
                 logger.log(step, {"train/loss": loss.item(), "train/accuracy": ok / n,
                                   "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
                 progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ok / n:.2f}")
             if cfg.save_every and step % cfg.save_every == 0 and state["epoch_rows"] < len(order):
-                save_checkpoint(out_dir, step, plain_model(model), tokenizer, stateful,
-                                {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
+                dist.on_main(save_checkpoint, out_dir, step, plain_model(model), tokenizer, stateful,
+                             {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
+                             rng_states=gather_rng_states())
         if val:
             result = evaluate(model, val, pad_id, device, amp_dtype, cfg.batch_prompts)
             logger.log(state["step"], {"val/accuracy": result["accuracy"]})
             progress.write(f"rm: epoch {epoch + 1}: val pairwise accuracy {result['accuracy']:.4f}")
         state["epoch"], state["epoch_rows"] = epoch + 1, 0
-        save_checkpoint(out_dir, state["step"], plain_model(model), tokenizer, stateful,
-                        {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
+        dist.on_main(save_checkpoint, out_dir, state["step"], plain_model(model), tokenizer, stateful,
+                     {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
+                     rng_states=gather_rng_states())
     progress.close()
     step = state["step"]
 
@@ -273,8 +288,11 @@ def run(cfg: Config) -> Path:
         logger.log(step, {"val/accuracy": summary["val"]["accuracy"], "val/reward_mean": summary["val"]["reward_mean"],
                           "val/reward_std": summary["val"]["reward_std"]})
     logger.close()
-    final = save_hf_folder(base, tokenizer, out_dir / "final")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    # every rank evaluated the same model on the same data above (no communication); rank 0 writes
+    final = out_dir / "final"
+    if dist.is_main():
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    dist.on_main(save_hf_folder, base, tokenizer, final)
     if val:
         line = f"rm: val pairwise accuracy {summary['val']['accuracy']:.4f} over {summary['val']['pairs']} pairs"
         if "gold_agreement" in summary["val"]:

@@ -27,7 +27,8 @@ from typing import Literal
 
 import torch
 
-from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge import distributed as dist
+from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import TokenizedChat, collate, fit_chat, pack, tokenize_chat
 from chatforge.data.formats import data_files, read_demonstrations, read_prompts
@@ -41,7 +42,7 @@ from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
-from chatforge.runtime import autocast, start_run
+from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Config:
         "truncate_prompt", "a chat longer than max_len: cut its start (keeping the last response whole) or drop it")
     packing: bool = opt(True, "pack several chats into one sequence (position ids restart per chat)")
     epochs: int = opt(4, "passes over the demonstrations (InstructGPT: 16)")
-    batch_size: int = opt(8, "sequences per micro-batch")
+    batch_size: int = opt(8, "sequences per micro-batch, over all ranks (under torchrun each of N takes 1/N)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     learning_rate: float = opt(1e-4, "peak learning rate")
     min_lr_ratio: float = opt(0.1, "final learning rate as a share of the peak (cosine decay)")
@@ -81,6 +82,9 @@ class Config:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
     dtype: str = opt("auto", "autocast dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, ~1/3 more compute")
+    distributed_strategy: Literal["ddp", "fsdp"] = opt(
+        "ddp", "under torchrun: ddp (a model copy per rank) or fsdp (FSDP2: weights, gradients, optimizer sharded)")
     tensorboard: bool = opt(True, "also write TensorBoard event files")
     wandb_project: str = opt("", "log to this Weights & Biases project too (needs wandb)")
 
@@ -97,6 +101,11 @@ class Config:
         if self.eval_prompts and not Path(self.eval_prompts).is_file():
             raise ChatforgeError(f"{self.eval_prompts}: field 'eval_prompts': file does not exist")
         require_positive(self, "sft", ("epochs", "batch_size", "grad_accum", "log_every"))
+        dist.check_divisible("sft", "batch_size", self.batch_size)
+        dist.check_strategy(self.distributed_strategy, "sft")
+        if self.distributed_strategy == "fsdp" and self.lora_r > 0:
+            raise ChatforgeError("sft: distributed_strategy=fsdp with lora_r > 0 is not supported; LoRA's few "
+                                 "trained weights fit every rank: use distributed_strategy=ddp")
 
 
 def load_chats(paths, tokenizer, max_len: int, too_long: str, what: str) -> list[TokenizedChat]:
@@ -120,6 +129,11 @@ def make_rows(chats: list[TokenizedChat], max_len: int, packing: bool) -> list[l
     return [[chats[i] for i in row] for row in pack(chats, max_len)]
 
 
+def assistant_tokens(row: list[TokenizedChat]) -> int:
+    """Tokens of a training row the loss counts (its chats' assistant tokens, as labels)."""
+    return sum(sum(chat.loss_mask[1:]) for chat in row)
+
+
 def batch_loss(model, batch: dict, device) -> torch.Tensor:
     """Mean loss over the batch's assistant tokens."""
     logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
@@ -132,12 +146,13 @@ def validation_loss(model, rows, batch_size: int, pad_id: int, device, amp_dtype
     """Mean loss per assistant token over the validation chats."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
+    for start in dist.eval_shard(range(0, len(rows), batch_size), model):  # under torchrun: this rank's batches
         batch = collate(rows[start:start + batch_size], pad_id)
         n = int((batch["labels"] != -100).sum())
         with autocast(device, amp_dtype):
             total += batch_loss(model, batch, device).item() * n
         count += n
+    total, count = dist.eval_sum((total, count), model)
     model.train()
     return total / max(count, 1)
 
@@ -146,8 +161,12 @@ def answer_score(model, tokenizer, judge, prompts, cfg: Config) -> float:
     """Mean judge score of the model's answers to `prompts`."""
     params = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, do_sample=cfg.eval_temperature > 0,
                             temperature=cfg.eval_temperature or 1.0, seed=cfg.seed)
-    answers = chat_answers(model, tokenizer, prompts, params).texts
-    scores = judge(prompts, answers)
+    prompts = dist.eval_shard(prompts, model)  # under torchrun each rank answers its share
+    answers = chat_answers(model, tokenizer, prompts, params).texts if prompts else []
+    scores = judge(prompts, answers) if prompts else []
+    if dist.is_distributed():
+        total, count = dist.eval_sum((sum(scores), len(scores)), model)
+        return total / count
     return sum(scores) / len(scores)
 
 
@@ -166,6 +185,9 @@ def run(cfg: Config) -> Path:
     model = configure_trainable(model, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                 cfg.lora_targets).to(device)
     model.train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trained = dist.wrap(model, cfg.distributed_strategy)  # under torchrun DDP / FSDP2, else the model itself
 
     train_rows = make_rows(load_chats(cfg.train_data, tokenizer, max_len, cfg.too_long, "train"), max_len, cfg.packing)
     val_rows = (make_rows(load_chats(cfg.val_data, tokenizer, max_len, cfg.too_long, "val"), max_len, cfg.packing)
@@ -174,7 +196,8 @@ def run(cfg: Config) -> Path:
     eval_prompts = [p for p, _ in read_prompts(cfg.eval_prompts)] if cfg.eval_prompts and judge else []
     eval_prompts = eval_prompts[:cfg.eval_max_prompts or None]
     pad_id = tokenizer.pad_token_id
-    save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
 
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
     total_steps = steps_per_epoch * cfg.epochs
@@ -184,7 +207,8 @@ def run(cfg: Config) -> Path:
     # epoch_rows: training rows of the current epoch already consumed, the data position of a mid-epoch resume
     state = {"step": 0, "epoch": 0, "epoch_rows": 0, "epochs": [], "best_epoch": None, "best_key": None}
     if resume_from is not None:
-        state.update(load_trainer_state(resume_from, {"optimizer": optimizer, "scheduler": scheduler}))
+        state.update(load_trainer_state(resume_from, dist.checkpoint_state(
+            model, {"optimizer": optimizer, "scheduler": scheduler}, saving=False)))
         print(f"sft: resuming at step {state['step']} (epoch {state['epoch'] + 1}, row {state['epoch_rows']}) "
               f"from {resume_from}")
     logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
@@ -204,13 +228,18 @@ def run(cfg: Config) -> Path:
             step_rows = [train_rows[i] for i in order[first:first + per_step]]
             step_loss = 0.0
             micro_batches = [step_rows[i:i + cfg.batch_size] for i in range(0, len(step_rows), cfg.batch_size)]
-            for rows in micro_batches:
-                batch = collate(rows, pad_id)
-                with autocast(device, amp_dtype):
-                    loss = batch_loss(model, batch, device) / len(micro_batches)
-                loss.backward()
+            for micro, rows in enumerate(micro_batches):
+                # under torchrun each rank takes its share of the micro-batch, its loss weighted so that the
+                # ranks' average is the mean over all the micro-batch's assistant tokens
+                my_rows, weight = dist.share(rows, count=assistant_tokens)
+                batch = collate(my_rows, pad_id)
+                with dist.accumulating(trained, last=micro == len(micro_batches) - 1):
+                    with autocast(device, amp_dtype):
+                        loss = batch_loss(trained, batch, device) * weight / len(micro_batches)
+                    loss.backward()
                 step_loss += loss.item()
                 window_tokens += sum(len(chat.input_ids) for row in rows for chat in row)  # padding not counted
+            step_loss = dist.all_reduce_mean(step_loss)  # the whole step's loss, the same number on every rank
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not guard.step_ok(state["step"], step_loss, grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
@@ -228,9 +257,10 @@ def run(cfg: Config) -> Path:
                                            "train/grad_norm": float(grad_norm), "train/tokens_per_s": rate})
                 progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:,.0f}")
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["epoch_rows"] < len(order):
-                save_checkpoint(out_dir, state["step"], plain_model(model), tokenizer,
-                                {"optimizer": optimizer, "scheduler": scheduler},
-                                {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
+                dist.on_main(save_checkpoint, out_dir, state["step"], dist.saveable(plain_model(model)), tokenizer,
+                             dist.checkpoint_state(model, {"optimizer": optimizer, "scheduler": scheduler}, saving=True),
+                             {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
+                             rng_states=gather_rng_states())
 
         # end of epoch: validation loss, then the answers' score, which picks the checkpoint
         record = {"epoch": epoch + 1, "step": state["step"]}
@@ -244,18 +274,20 @@ def run(cfg: Config) -> Path:
         key = record.get("score", -record.get("val_loss", 0.0))  # higher is better
         state["epochs"].append(record)
         state["epoch"], state["epoch_rows"] = epoch + 1, 0
-        weights = plain_model(model)  # with LoRA, one merged copy serves both saves
+        weights = dist.saveable(plain_model(model))  # with LoRA, one merged copy serves both saves
         if state["best_key"] is None or key > state["best_key"] or not (eval_prompts or val_rows):
             state["best_key"], state["best_epoch"] = key, epoch + 1
-            save_hf_folder(weights, tokenizer, out_dir / "best")
-        save_checkpoint(out_dir, state["step"], weights, tokenizer, {"optimizer": optimizer, "scheduler": scheduler},
-                        {k: v for k, v in state.items() if k != "step"}, cfg.keep_last)
+            dist.on_main(save_hf_folder, weights, tokenizer, out_dir / "best")
+        dist.on_main(save_checkpoint, out_dir, state["step"], weights, tokenizer,
+                     dist.checkpoint_state(model, {"optimizer": optimizer, "scheduler": scheduler}, saving=True),
+                     {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
+                     rng_states=gather_rng_states())
     progress.close()
     logger.close()
 
     summary = {"epochs": state["epochs"], "best_epoch": state["best_epoch"],
                "selected_by": "score" if eval_prompts else ("val_loss" if val_rows else "last epoch"),
                "judge": getattr(judge, "name", None)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    dist.on_main((out_dir / "summary.json").write_text, json.dumps(summary, indent=1))
     print(f"sft: best epoch {state['best_epoch']} by {summary['selected_by']} -> {out_dir / 'best'}")
     return out_dir / "best"
