@@ -2,6 +2,7 @@
 the SFT / RM readers, agreement numbers worked out by hand, and the `chatforge label` CLI."""
 
 import json
+import sqlite3
 
 import pytest
 from starlette.testclient import TestClient
@@ -10,7 +11,7 @@ from chatforge.cli import main
 from chatforge.data.formats import read_comparisons, read_demonstrations
 from chatforge.serve.label import store
 from chatforge.serve.label.agreement import agreement_table
-from chatforge.serve.label.app import create_app
+from chatforge.serve.label.app import COOKIE, create_app
 from chatforge.serve.label.db import Label, open_db
 from chatforge.serve.label.export import export_labels
 from chatforge.serve.label.load import form_nonce, sign_in
@@ -18,25 +19,36 @@ from chatforge.serve.label.load import form_nonce, sign_in
 PROMPTS = ["What is 2 plus 3?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """A database with an admin, labelers ann and bob, held-out hal, a K=4 ranking job (every item for 3
-    labelers) and a demonstration job; returns (db, make_session, tokens)."""
-    db = str(tmp_path / "label.db")
-    _, make_session = open_db(db)
+@pytest.fixture(scope="module")
+def signed_in_db(tmp_path_factory):
+    """A database with an admin, labelers ann and bob, held-out hal and a K=4 ranking job (every item for
+    3 labelers), and each one's session cookie; copies of the file keep the cookies valid."""
+    db = str(tmp_path_factory.mktemp("lab") / "label.db")
+    engine, make_session = open_db(db)
     with make_session() as session:
         tokens = {"admin": store.add_labeler(session, "admin", admin=True),
                   "ann": store.add_labeler(session, "ann"), "bob": store.add_labeler(session, "bob"),
                   "hal": store.add_labeler(session, "hal", held_out=True)}
         store.add_job(session, "rank", "ranking", [(p, [f"answer {i}{c}" for c in "ABCD"]) for i, p in enumerate(PROMPTS)],
                       labelers_per_item=3, k=4)
-    return db, make_session, tokens
-
-
-def client_for(db, name, tokens):
     client = TestClient(create_app(db))
-    assert sign_in(client, name, tokens[name]).status_code == 303
-    return client
+    cookies = {name: sign_in(client, name, token).cookies[COOKIE] for name, token in tokens.items()}
+    engine.dispose()
+    return db, cookies
+
+
+@pytest.fixture
+def lab(signed_in_db, tmp_path):
+    """A fresh copy of the signed-in database: (db, make_session, cookies)."""
+    template, cookies = signed_in_db
+    db = str(tmp_path / "label.db")
+    with sqlite3.connect(template) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    return db, open_db(db)[1], dict(cookies)
+
+
+def client_for(db, name, cookies):
+    return TestClient(create_app(db), cookies={COOKIE: cookies[name]})
 
 
 def rank(client, ranks: dict, **extra):
@@ -49,8 +61,8 @@ def rank(client, ranks: dict, **extra):
 
 
 def test_ranking_is_stored_best_first_and_exported_in_that_order(lab, tmp_path):
-    db, make_session, tokens = lab
-    ann = client_for(db, "ann", tokens)
+    db, make_session, cookies = lab
+    ann = client_for(db, "ann", cookies)
     item_id, posted = rank(ann, {0: 3, 1: 1, 2: 4, 3: 2}, untruthful="on")
     assert posted.status_code == 303 and posted.headers["location"] == "/next"
     with make_session() as session:
@@ -67,8 +79,8 @@ def test_ranking_is_stored_best_first_and_exported_in_that_order(lab, tmp_path):
 
 
 def test_resubmitting_replaces_the_label_and_skip_keeps_flags(lab):
-    db, make_session, tokens = lab
-    bob = client_for(db, "bob", tokens)
+    db, make_session, cookies = lab
+    bob = client_for(db, "bob", cookies)
     item_id, _ = rank(bob, {0: 1, 1: 2, 2: 3, 3: 4})
     page = bob.get(f"/items/{item_id}")
     assert "Your label: ranking" in page.text and "selected" in page.text
@@ -82,15 +94,16 @@ def test_resubmitting_replaces_the_label_and_skip_keeps_flags(lab):
 
 
 def test_items_go_to_labelers_per_item_labelers_then_run_out(lab, tmp_path):
-    db, make_session, tokens = lab
+    db, make_session, cookies = lab
     with make_session() as session:
-        tokens["dan"] = store.add_labeler(session, "dan")
+        token = store.add_labeler(session, "dan")
     for name in ("ann", "bob", "hal"):
-        client = client_for(db, name, tokens)
+        client = client_for(db, name, cookies)
         for _ in PROMPTS:
             assert rank(client, {0: 1, 1: 2, 2: 3, 3: 4})[1].status_code == 303
         assert "Nothing left to label" in client.get("/next").text
-    dan = client_for(db, "dan", tokens)
+    dan = TestClient(create_app(db))
+    assert sign_in(dan, "dan", token).status_code == 303
     assert "Nothing left to label" in dan.get("/next").text  # each item already went to 3 labelers
     with make_session() as session:
         summary = export_labels(session, tmp_path / "out")
@@ -101,10 +114,10 @@ def test_items_go_to_labelers_per_item_labelers_then_run_out(lab, tmp_path):
 
 
 def test_demonstration_job_exports_for_sft(lab, tmp_path):
-    db, make_session, tokens = lab
+    db, make_session, cookies = lab
     with make_session() as session:
         store.add_job(session, "demos", "demonstration", [("Name a colour.", [])])
-    ann = client_for(db, "ann", tokens)
+    ann = client_for(db, "ann", cookies)
     for _ in PROMPTS:  # the ranking job's items come first
         rank(ann, {0: 1, 1: 2, 2: 3, 3: 4})
     page = ann.get("/next")
@@ -124,10 +137,10 @@ def test_demonstration_job_exports_for_sft(lab, tmp_path):
 
 
 def test_admin_page_shows_progress_agreement_and_counts_and_holds_out(lab):
-    db, make_session, tokens = lab
-    rank(client_for(db, "ann", tokens), {0: 1, 1: 2, 2: 3, 3: 4})
-    rank(client_for(db, "bob", tokens), {0: 2, 1: 1, 2: 3, 3: 4})  # one of 6 pairs flipped: 5/6 agree
-    admin = client_for(db, "admin", tokens)
+    db, make_session, cookies = lab
+    rank(client_for(db, "ann", cookies), {0: 1, 1: 2, 2: 3, 3: 4})
+    rank(client_for(db, "bob", cookies), {0: 2, 1: 1, 2: 3, 3: 4})  # one of 6 pairs flipped: 5/6 agree
+    admin = client_for(db, "admin", cookies)
     page = admin.get("/admin")
     assert page.status_code == 200
     assert "83.3% (6 pairs)" in page.text and "2 / 6" in page.text

@@ -16,7 +16,7 @@ LABELERS = 20
 def test_twenty_labelers_for_a_minute_store_every_label_once(tmp_path):
     seconds = float(os.environ.get("CHATFORGE_LABEL_LOAD_SECONDS", "60"))
     db = str(tmp_path / "load.db")
-    credentials = prepare_load_db(db, LABELERS, items=4000, k=4, labelers_per_item=2)
+    credentials = prepare_load_db(db, LABELERS, items=3000, k=4, labelers_per_item=2)
     with serve_in_subprocess(db) as url:
         result = simulate_labelers(url, credentials, seconds)
     check = check_stored(db, result)

@@ -10,7 +10,7 @@ from math import comb
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chatforge.serve.label.db import Label, Labeler
+from chatforge.serve.label.db import Item, Job, Label, Labeler
 from chatforge.world.labeler import pairwise_agreement
 
 
@@ -44,11 +44,14 @@ def agreement_table(rankings: dict[int, dict[str, list[int]]], held_out: set[str
             "per_labeler": {name: result(("labeler", name)) for name in names}}
 
 
-def label_agreement(session: Session) -> dict:
-    """agreement_table over every ranking in the database (skips and demonstrations do not count)."""
+def label_agreement(session: Session, job: str = "") -> dict:
+    """agreement_table over every ranking in the database, or in the job named `job` (skips and
+    demonstrations do not count)."""
     rankings: dict[int, dict[str, list[int]]] = defaultdict(dict)
-    rows = session.execute(select(Label.item_id, Labeler.name, Label.ranking).join(Labeler)
-                           .where(Label.kind == "ranking"))
+    query = select(Label.item_id, Labeler.name, Label.ranking).join(Labeler).where(Label.kind == "ranking")
+    if job:
+        query = query.join(Item, Item.id == Label.item_id).join(Job).where(Job.name == job)
+    rows = session.execute(query)
     for item_id, name, ranking in rows:
         rankings[item_id][name] = ranking
     held_out = set(session.scalars(select(Labeler.name).where(Labeler.held_out)))

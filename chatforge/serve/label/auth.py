@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import random
@@ -112,9 +113,11 @@ def find_labeler(session: Session, name: str, token: str) -> Labeler | None:
     """The labeler with this name and token, or None."""
     labeler = session.scalar(select(Labeler).where(Labeler.name == name))
     if labeler is None:
-        verify_token(token, _DUMMY_HASH)  # same work for unknown names: no timing hint that a name exists
+        verify_token(token, _dummy_hash())  # same work for unknown names: no timing hint that a name exists
         return None
     return labeler if verify_token(token, labeler.token_hash) else None
 
 
-_DUMMY_HASH = hash_token("not a token")
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_token("not a token")

@@ -56,6 +56,6 @@ def export_labels(session: Session, out_dir: str | Path, job: str = "") -> dict:
             written[name] = {"path": str(path), "records": len(records)}
     held_out = sorted(session.scalars(select(Labeler.name).where(Labeler.held_out)))
     summary = {"job": job or None, "labels": dict(counts), "files": written, "holdout_labelers": held_out,
-               "agreement": label_agreement(session)}
+               "agreement": label_agreement(session, job)}
     (out_dir / "export.json").write_text(json.dumps(summary, indent=1))
     return summary
