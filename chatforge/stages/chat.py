@@ -132,7 +132,7 @@ def run(cfg: Config) -> list[dict]:
         candidate = history + [{"role": "user", "content": text}]
         prompt_ids, dropped = fit_history(tokenizer, candidate, context, room)
         if context is not None and len(prompt_ids) >= context:  # the chat so far stays as it was
-            print(f"(that message is {len(prompt_ids)} tokens with the chat template; the model's context is "
+            print(f"(that message makes a prompt of {len(prompt_ids)} tokens, but the model's context is "
                   f"{context} tokens: shorten it)")
             continue
         if dropped:
