@@ -126,7 +126,7 @@ def progress(session: Session) -> list[dict]:
     for job, n_items in session.execute(select(Job, func.count(Item.id)).outerjoin(Item).group_by(Job.id)
                                         .order_by(Job.id)).all():
         wanted = n_items * job.labelers_per_item
-        rows.append({"job": job, "items": n_items, "items_labeled": done.get(job.id, 0),
+        rows.append({"job": job, "n_items": n_items, "items_labeled": done.get(job.id, 0),
                      "labels": labels.get(job.id, 0), "wanted": wanted,
                      "share": labels.get(job.id, 0) / wanted if wanted else 0.0})
     return rows
