@@ -167,7 +167,13 @@ def read_yaml(path: str | Path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.exists():
         raise ChatforgeError(f"{path}: config file does not exist")
-    text = path.read_text()
+    if path.is_dir():
+        raise ChatforgeError(f"{path}: is a folder; --config takes a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ChatforgeError(f"{path}:{line}: not valid UTF-8 ({exc.reason}); save the config as UTF-8") from None
     try:
         node = yaml.compose(text)
         values = yaml.safe_load(text)

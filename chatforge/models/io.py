@@ -96,6 +96,17 @@ def check_same_tokenizer(tokenizer, path, other, other_path, field: str) -> None
             "SFT model.")
 
 
+def check_tokenizer_fits(tokenizer, model_dir, field: str = "model") -> None:
+    """Fail before any weights load when the tokenizer has ids the model's embeddings lack (config.json vocab_size)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if rows and len(tokenizer) > rows:
+        raise ChatforgeError(
+            f"{model_dir}: field '{field}': the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
+            f"{rows} (config.json vocab_size), so ids from {rows} on would index past them. Use the tokenizer the "
+            "model was trained with (the one saved in its folder).")
+
+
 def save_hf_folder(model, tokenizer, path, write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write model + tokenizer to `path` atomically: a temp folder, then rename; return `path`.
 

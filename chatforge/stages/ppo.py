@@ -49,7 +49,8 @@ from chatforge.guards import NonFiniteGuard
 from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, policy_loss,
                               token_cross_entropy, value_loss)
 from chatforge.metrics import MetricsLogger, progress_bar
-from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer, save_hf_folder
+from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
+                                 load_tokenizer, save_hf_folder)
 from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
 from chatforge.models.scoring import (join_rollout, response_logits, response_logprobs, response_values,
                                       token_logprobs_and_entropy)
@@ -194,6 +195,7 @@ def run(cfg: Config) -> Path:
 
     # every input is checked before any weights load
     tokenizer = load_tokenizer(cfg.policy)
+    check_tokenizer_fits(tokenizer, cfg.policy, "policy")
     reference_dir = cfg.reference or cfg.policy
     for path, field in ((reference_dir, "reference"), (cfg.reward_model, "reward_model"), (critic_dir, "critic")):
         check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(path), path, field)

@@ -30,7 +30,7 @@ from chatforge.errors import ChatforgeError
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import IGNORE_INDEX, token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
-from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
+from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -103,9 +103,6 @@ def build_model(cfg: Config, tokenizer):
         if context is not None and cfg.seq_len > context:
             raise ChatforgeError(f"pretrain: seq_len {cfg.seq_len} exceeds the model's context {context} "
                                  f"({cfg.init_from}/config.json: max_position_embeddings)")
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            raise ChatforgeError(f"pretrain: the tokenizer has {len(tokenizer)} tokens but the model at "
-                                 f"{cfg.init_from} only {model.get_input_embeddings().num_embeddings}")
         return model
     from transformers import AutoModelForCausalLM
 
@@ -141,6 +138,8 @@ def run(cfg: Config) -> Path:
     """Train, checkpoint and save the final model; return the final model folder."""
     out_dir, device, amp_dtype = start_run(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.init_from)
+    if cfg.init_from:
+        check_tokenizer_fits(tokenizer, cfg.init_from, "init_from")
 
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
     if resume_from is not None:

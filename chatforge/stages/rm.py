@@ -37,7 +37,7 @@ from chatforge.generation import context_length
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import pairwise_accuracy, ranking_loss
 from chatforge.metrics import MetricsLogger, progress_bar
-from chatforge.models.io import check_model_dir, load_tokenizer, save_hf_folder
+from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model, chat_ids, load_reward_model, pad_right, sequence_rewards
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -176,6 +176,7 @@ def run(cfg: Config) -> Path:
     """Train the reward model, set its bias, evaluate it; return the final folder."""
     out_dir, device, amp_dtype = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
+    check_tokenizer_fits(tokenizer, cfg.model)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; the reward model needs one")
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
@@ -215,7 +216,7 @@ def run(cfg: Config) -> Path:
         state.update(load_trainer_state(resume_from, stateful))
         print(f"rm: resuming at step {state['step']} (epoch {state['epoch'] + 1}) from {resume_from}")
     if dist.is_main():
-        save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
+        save_config(cfg, out_dir / "config.yaml")  # only now: bad inputs above leave an earlier run's files as they were
     logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg), state["step"])
     pad_id = tokenizer.pad_token_id
     print(f"rm: {len(train)} comparisons ({sum(len(t.sequences) for t in train)} responses), "

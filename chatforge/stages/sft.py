@@ -39,7 +39,7 @@ from chatforge.generation import SamplingParams, context_length
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
-from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_hf_folder
+from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -174,6 +174,7 @@ def run(cfg: Config) -> Path:
     """Fine-tune on demonstrations; return the folder of the checkpoint that scored best."""
     out_dir, device, amp_dtype = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
+    check_tokenizer_fits(tokenizer, cfg.model)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; SFT needs one to render chats")
 
@@ -197,7 +198,7 @@ def run(cfg: Config) -> Path:
     eval_prompts = eval_prompts[:cfg.eval_max_prompts or None]
     pad_id = tokenizer.pad_token_id
     if dist.is_main():
-        save_config(cfg, out_dir / "config.yaml")  # only now: a bad input above leaves an earlier run's files as they were
+        save_config(cfg, out_dir / "config.yaml")  # only now: bad inputs above leave an earlier run's files as they were
 
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
     total_steps = steps_per_epoch * cfg.epochs
