@@ -155,3 +155,47 @@ def test_pretrain_resumes_from_the_previous_checkpoint_when_the_newest_is_cut(to
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # steps 3-4 redone once
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_0000004", "step_0000006"]
     assert all(verify_checkpoint(p) == [] for p in list_checkpoints(run_dir))
+
+
+class Crash(Exception):
+    """Stands in for a machine dying mid-run."""
+
+
+def test_rm_resumes_mid_epoch_exactly(tiny_world_base, tmp_path, monkeypatch):
+    """RM checkpoints every save_every steps; a run that dies after step 5 and is rerun matches one never stopped."""
+    from chatforge.stages import rm
+
+    _, base = tiny_world_base
+    words = "the cat sat on a mat and ran to the big red house".split()
+    rng = random.Random(0)
+    data = tmp_path / "comparisons.jsonl"
+    data.write_text("".join(json.dumps({"prompt": " ".join(rng.sample(words, 4)),
+                                        "responses": [" ".join(rng.sample(words, 5)) for _ in range(3)]}) + "\n"
+                            for _ in range(40)))
+
+    def run(out_dir):
+        return rm.run(rm.Config(model=str(base), train_data=[str(data)], out_dir=str(out_dir), epochs=2,
+                                batch_prompts=4, learning_rate=3e-3, log_every=1, save_every=3, tensorboard=False,
+                                device="cpu", num_threads=1))
+
+    run(tmp_path / "whole")
+    real_loss, calls = rm.ranking_loss, {"n": 0}
+
+    def dies_after_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Crash
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(rm, "ranking_loss", dies_after_step_5)
+    with pytest.raises(Crash):
+        run(tmp_path / "cut")
+    resumed_from = latest_checkpoint(tmp_path / "cut")
+    assert json.loads((resumed_from / "train_state.json").read_text())["epoch_rows"] > 0  # mid-epoch
+    monkeypatch.setattr(rm, "ranking_loss", real_loss)
+    run(tmp_path / "cut")
+    for key in ("train/loss", "train/grad_norm"):
+        expected = [(m["step"], m[key]) for m in read_metrics(tmp_path / "whole") if key in m]
+        assert [(m["step"], m[key]) for m in read_metrics(tmp_path / "cut") if key in m] == expected, key
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("whole", "cut")]
+    assert summaries[0]["reward_bias"] == summaries[1]["reward_bias"]
