@@ -152,6 +152,7 @@ def test_malformed_rankings_are_refused(lab, ranks, why):
     refused = ann.post(f"/items/{item_id}", data=form)
     assert refused.status_code == 400, why
     assert 'class="error"' in refused.text and labels(make_session) == []
+    assert '<option value="2" selected>' in refused.text  # the ranks the labeler set are shown again
 
 
 def test_malformed_forms_are_refused(lab):

@@ -215,11 +215,14 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
             return page(request, "done.html", user=labeler)
         return RedirectResponse(f"/items/{item.id}", status_code=303)
 
-    def item_page(request, session, labeler, item, status_code=200, error=None, label=None):
-        label = label or store.own_label(session, labeler, item.id)
+    def item_page(request, session, labeler, item, status_code=200, error=None, posted=None):
+        label = store.own_label(session, labeler, item.id)
         nonce = issue_nonce(session, labeler.id, f"item:{item.id}")
         session.commit()
         rank_of = {position: rank for rank, position in enumerate(label.ranking or [], start=1)} if label else {}
+        if posted is not None:  # a refused post: show the ranks as the labeler set them
+            values = {position: str(posted.get(f"rank_{position}", "")) for position in range(len(item.responses))}
+            rank_of = {position: int(value) for position, value in values.items() if value.isascii() and value.isdigit()}
         return page(request, "item.html", status_code=status_code, user=labeler, item=item, job=item.job,
                     prompt=as_messages(item.prompt), label=label, rank_of=rank_of, nonce=nonce, error=error)
 
@@ -242,7 +245,7 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
         try:
             fields = parse_label_form(form, item.job.kind, len(item.responses), max_text_chars)
         except ValueError as exc:
-            return item_page(request, session, labeler, item, status_code=400, error=str(exc))
+            return item_page(request, session, labeler, item, status_code=400, error=str(exc), posted=form)
         try:
             store.save_label(session, labeler, item, **fields)
         except IntegrityError:
