@@ -141,6 +141,25 @@ def truth_scores(kept_ids: list[str], truth: Path) -> dict:
     return {"removed": total, "precision": right / total if total else 1.0, "recall": right / should if should else 1.0}
 
 
+def index_bytes_per_doc(n: int = 20_000) -> tuple[float, float]:
+    """Bytes per document of datasketch's in-memory MinHashLSH index (tracemalloc, random signatures)
+    and of our band keys, for the banding above: why dedup.py bands with a sort instead."""
+    import tracemalloc
+
+    import numpy as np
+    from datasketch import LeanMinHash, MinHashLSH
+
+    signatures = np.random.default_rng(0).integers(0, 2**32, size=(n, NUM_PERM), dtype=np.uint64)
+    sketches = [LeanMinHash(seed=1, hashvalues=row, scheme="legacy") for row in signatures]
+    tracemalloc.start()
+    index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    for key, sketch in enumerate(sketches):
+        index.insert(key, sketch)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return held / n, float(index.b * 8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=160_000, help="distinct pages (x1.25 documents with copies)")
@@ -188,6 +207,9 @@ def main() -> None:
         memory = f"{row['peak_mb'] / base['peak_mb']:.2f}x" if base and tool == "ours" else ""
         print(f"| {workers} | {tool} | {row['docs_per_s']:,.0f} | {speed} | {row['peak_mb']:,.0f} | {memory} | "
               f"{row['removed']:,} | {row['precision']:.3f} | {row['recall']:.3f} |")
+    theirs, ours = index_bytes_per_doc()
+    print(f"\nLSH state per document: datasketch MinHashLSH in-memory index {theirs:,.0f} bytes, "
+          f"our band keys {ours:,.0f} bytes ({theirs / ours:.0f}x less)")
 
 
 if __name__ == "__main__":
