@@ -23,8 +23,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterator, Literal
+from typing import AsyncIterator, Iterator, Literal
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -222,7 +223,8 @@ def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256) -> 
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": completion_id, "created": created, "model": model_name}
         if request.stream:
-            return StreamingResponse(sse_events(service, request, prompt_ids, head), media_type="text/event-stream")
+            events = sse_events(service, request, prompt_ids, head)
+            return StreamingResponse(relay(events), media_type="text/event-stream")
         choices = service.new_choices(request)
         for _ in service.stream(request, prompt_ids, choices):
             pass
@@ -232,6 +234,19 @@ def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256) -> 
                 "usage": service.usage(prompt_ids, choices)}
 
     return app
+
+
+async def relay(events: Iterator[str]) -> AsyncIterator[str]:
+    """The events of a blocking iterator, each fetched on a worker thread; closed when the client hangs up.
+
+    Starlette cancels the response when the client disconnects; a plain iterator would be left running
+    (and the model busy until the reply is done); closing it ends its TokenStream at the next token.
+    """
+    try:
+        while (event := await anyio.to_thread.run_sync(next, events, None)) is not None:
+            yield event
+    finally:
+        events.close()  # the thread's next() has returned: anyio waits for it before cancelling
 
 
 def sse_events(service: ChatService, request: ChatRequest, prompt_ids: list[int], head: dict) -> Iterator[str]:

@@ -21,8 +21,8 @@ CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 
 
 @pytest.fixture(scope="module")
-def server_url(tiny_chat_model_dir):
-    """The chat server on 127.0.0.1 on a free port, in a thread; stopped after the module's tests."""
+def server(tiny_chat_model_dir):
+    """The chat server (uvicorn.Server) on 127.0.0.1 on a free port, in a thread; stopped after the module."""
     server = serve.build_server(serve.Config(model=str(tiny_chat_model_dir), port=0, model_name="tiny-chat",
                                              max_new_tokens=8, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -31,10 +31,14 @@ def server_url(tiny_chat_model_dir):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    yield server
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(server):
+    return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +139,22 @@ def test_concurrent_requests_are_served_one_at_a_time_and_all_answered(client, r
     with ThreadPoolExecutor(max_workers=4) as pool:
         replies = list(pool.map(ask, [True, False, True, False]))
     assert replies == [expected.texts[0]] * 4
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_the_model(client, server):
+    model = server.config.app.state.service.model
+    slow = model.register_forward_pre_hook(lambda *args: time.sleep(0.05))  # 80 tokens: 4 s if not stopped
+    try:
+        stream = client.chat.completions.create(model="tiny-chat", messages=CHAT, stream=True, max_tokens=80,
+                                                temperature=0.8, seed=1)
+        next(iter(stream)), next(iter(stream))
+        stream.close()
+        start = time.monotonic()
+        reply = client.chat.completions.create(model="tiny-chat", messages=CHAT, temperature=0, max_tokens=2)
+        waited = time.monotonic() - start
+    finally:
+        slow.remove()
+    assert reply.choices[0].finish_reason in ("stop", "length") and waited < 2.5
 
 
 def test_models_list_and_the_chat_page(client, server_url):
