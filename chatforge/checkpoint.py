@@ -12,7 +12,8 @@ A checkpoint is written to `step_N.tmp/` and renamed (models.io.save_hf_folder),
 mid-save leaves no folder that looks complete. On resume the newest checkpoint is checked against
 its manifest; a damaged one (a file cut short, changed or missing) is reported and the one before is
 used. A save removes checkpoints newer than itself (left by a run it no longer continues: a damaged
-one it fell back from, or one from before `resume=false`) and keeps the newest `keep_last`.
+one it fell back from, or one from before `resume=false`) and older ones with a file cut short or
+missing, and keeps the newest `keep_last`.
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def write_manifest(folder: Path, step: int) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps({"format": 1, "step": step, "files": files}, indent=1))
 
 
-def verify_checkpoint(folder: Path) -> list[str]:
-    """What is wrong with a checkpoint against its manifest ([] = intact): missing, cut-short or changed files.
-
-    A checkpoint from before manifests existed (no manifest.json) cannot be checked and counts as intact."""
+def verify_checkpoint(folder: Path, checksums: bool = True) -> list[str]:
+    """What is wrong with a checkpoint against its manifest ([] = intact): missing, cut-short or changed files
+    (checksums=False: sizes only, no reading). A checkpoint from before manifests existed (no manifest.json)
+    cannot be checked and counts as intact."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.exists():
@@ -112,7 +113,7 @@ def verify_checkpoint(folder: Path) -> list[str]:
             problems.append(f"{name} is missing")
         elif path.stat().st_size != expected["bytes"]:
             problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
-        elif _sha256(path) != expected["sha256"]:
+        elif checksums and _sha256(path) != expected["sha256"]:
             problems.append(f"{name} does not match its sha256 in the manifest")
     return problems
 
@@ -137,9 +138,12 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, stateful: dict, state:
 
     folder = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
     final = save_hf_folder(model, tokenizer, folder, write_trainer_state)
+    # older ones kept as fallbacks must at least have every file whole (a size check; hashing is for resume)
     older = [p for p in list_checkpoints(run_dir) if _step(p) < step]
+    damaged = [p for p in older if verify_checkpoint(p, checksums=False)]
+    older = [p for p in older if p not in damaged]
     newer = [p for p in list_checkpoints(run_dir) if _step(p) > step]
-    for stale in newer + (older[:max(0, len(older) + 1 - keep_last)] if keep_last > 0 else []):
+    for stale in newer + damaged + (older[:max(0, len(older) + 1 - keep_last)] if keep_last > 0 else []):
         shutil.rmtree(stale)
     return final
 
@@ -170,8 +174,8 @@ def latest_checkpoint(run_dir, report: bool = True) -> Path | None:
         problems = verify_checkpoint(folder)
         if not problems:
             if damaged and report and process_rank() == 0:
-                print(f"warning: resuming from {folder} instead (the damaged checkpoint is removed by the "
-                      "next save)", file=sys.stderr)
+                print(f"warning: resuming from {folder} instead (damaged checkpoints stay until a later save "
+                      "replaces or removes them)", file=sys.stderr)
             return folder
         damaged.append(folder)
         if report and process_rank() == 0:

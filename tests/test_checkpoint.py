@@ -135,6 +135,10 @@ def test_saving_keeps_the_last_n_and_drops_checkpoints_past_the_new_step(tmp_pat
     for step in (2, 3, 4):
         save(tmp_path, step, keep_last=5)
     assert len(list_checkpoints(tmp_path)) == 4
+    cut_in_half(tmp_path / "checkpoints" / "step_0000002" / "trainer_state.pt")
+    save(tmp_path, 9, keep_last=5)  # a fallback with a file cut short is no fallback: it goes
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000001", "step_0000003", "step_0000004",
+                                                            "step_0000009"]
 
 
 def test_pretrain_resumes_from_the_previous_checkpoint_when_the_newest_is_cut(toy_corpus, toy_tokenizer_dir,
