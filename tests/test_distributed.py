@@ -37,6 +37,12 @@ def pretrain_args(corpus, tokenizer_dir, out_dir, *extra):
             "val_tokens=2048", "save_every=3", "shuffle_buffer=64", *COMMON, *extra]
 
 
+def pretrain_and_resume(corpus, tokenizer_dir, out_dir, *extra):
+    """6 steps, then the same command with max_steps=8: it resumes from the step-6 checkpoint."""
+    return [pretrain_args(corpus, tokenizer_dir, out_dir, *extra),
+            pretrain_args(corpus, tokenizer_dir, out_dir, *extra, "max_steps=8")]
+
+
 def sft_args(world_dir, base, out_dir):
     return ["sft", f"model={base}", f"train_data=[{world_dir}/demos/train.jsonl]", f"val_data=[{world_dir}/demos/val.jsonl]",
             f"out_dir={out_dir}", "epochs=1", "batch_size=8", "learning_rate=3e-3", "max_len=128",
@@ -82,8 +88,8 @@ def two_ranks(toy_corpus, toy_tokenizer_dir, tiny_world_base, comparisons, tmp_p
     """The run folder of one `torchrun --standalone --nproc_per_node 2` launch over every stage."""
     world_dir, base = tiny_world_base
     root = tmp_path_factory.mktemp("two_ranks")
-    plan = [pretrain_args(toy_corpus, toy_tokenizer_dir, root / "pretrain"),
-            pretrain_args(toy_corpus, toy_tokenizer_dir, root / "pretrain_fsdp", "distributed_strategy=fsdp"),
+    plan = [*pretrain_and_resume(toy_corpus, toy_tokenizer_dir, root / "pretrain"),
+            *pretrain_and_resume(toy_corpus, toy_tokenizer_dir, root / "pretrain_fsdp", "distributed_strategy=fsdp"),
             sft_args(world_dir, base, root / "sft"),
             rm_args(base, comparisons, root / "rm"),
             ppo_args(world_dir, base, root / "rm" / "final", root / "ppo")]
@@ -105,15 +111,17 @@ def assert_same_curve(one, two):
 
 
 @pytest.mark.slow
-def test_pretrain_two_ranks_match_one_process(two_ranks, toy_corpus, toy_tokenizer_dir, tmp_path):
-    assert main(pretrain_args(toy_corpus, toy_tokenizer_dir, tmp_path / "one")) == 0
+def test_pretrain_two_ranks_match_one_process_and_resume(two_ranks, toy_corpus, toy_tokenizer_dir, tmp_path):
+    for argv in pretrain_and_resume(toy_corpus, toy_tokenizer_dir, tmp_path / "one"):
+        assert main(argv) == 0
     one = losses(tmp_path / "one")
-    assert len(one) == 6 and one[-1][1] < one[0][1]
+    assert len(one) == 8 and one[-1][1] < one[0][1]
     for strategy in ("pretrain", "pretrain_fsdp"):  # DDP, and FSDP2 (weights sharded over the 2 ranks)
+        # steps 7-8 come after every rank loaded the step-6 checkpoint (under FSDP2: the gathered optimizer state)
         assert_same_curve(one, losses(two_ranks / strategy))
         assert_same_curve(losses(tmp_path / "one", "val/loss"), losses(two_ranks / strategy, "val/loss"))
         assert (two_ranks / strategy / "final" / "model.safetensors").exists()
-        assert sorted(p.name for p in (two_ranks / strategy / "checkpoints").iterdir()) == ["step_0000003", "step_0000006"]
+        assert sorted(p.name for p in (two_ranks / strategy / "checkpoints").iterdir()) == ["step_0000006", "step_0000008"]
 
 
 @pytest.mark.slow
