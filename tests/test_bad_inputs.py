@@ -89,6 +89,16 @@ def test_pretrain_bad_corpus(case, toy_tokenizer_dir, tmp_path, capsys):
     check_clean_failure(argv, out_dir, before, capsys, str(corpus), says)
 
 
+@pytest.mark.parametrize("case", ["malformed_json", "wrong_type", "non_utf8", "huge_unterminated_line", "empty_file"])
+def test_tokenizer_bad_corpus(case, tmp_path, capsys):
+    data, says = CORPUS_CASES[case]
+    corpus = write(tmp_path / f"{case}.jsonl", data)
+    out_dir = tmp_path / "out"
+    before = earlier_run(out_dir)
+    check_clean_failure(["tokenizer", f"corpus=[{corpus}]", f"out_dir={out_dir}", "vocab_size=300"], out_dir, before,
+                        capsys, str(corpus), says if case != "empty_file" else "holds no documents")
+
+
 def test_pretrain_bad_validation_corpus(toy_corpus, toy_tokenizer_dir, tmp_path, capsys):
     val = write(tmp_path / "val.jsonl", jsonl({"text": "a cat"}, {"text": None}))
     out_dir = tmp_path / "out"
