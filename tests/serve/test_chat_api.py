@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -162,6 +163,38 @@ def test_models_list_and_the_chat_page(client, server_url):
     status, content_type, page = http(f"{server_url}/")
     assert status == 200 and "text/html" in content_type
     assert "tiny-chat" in page and "/v1/chat/completions" in page
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
+                    reason=f"{CHROMIUM} is missing; run `bash scripts/setup_browser.sh` as root")
+def test_the_chat_page_streams_a_multi_turn_chat_in_chromium(server_url, reference):
+    from playwright.sync_api import sync_playwright
+
+    first_turn = [{"role": "user", "content": "the cat sat"}]
+    first = reference(first_turn, SamplingParams(max_new_tokens=12))[1].texts[0]
+    second_turn = first_turn + [{"role": "assistant", "content": first}, {"role": "user", "content": "a dog"}]
+    second = reference(second_turn, SamplingParams(max_new_tokens=12))[1].texts[0]
+    replies_done = "n => document.querySelectorAll('.msg.assistant').length === n && !document.getElementById('send').disabled"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(server_url + "/")
+            page.fill("#temperature", "0")
+            page.fill("#max_tokens", "12")
+            for n, (text, expected) in enumerate([("the cat sat", first), ("a dog", second)], start=1):
+                page.fill("#input", text)
+                page.click("#send")
+                page.wait_for_function(replies_done, arg=n)
+                assert page.locator(".msg.assistant").nth(n - 1).text_content() == expected
+            page.click("#reset")
+            assert page.locator(".msg").count() == 0
+        finally:
+            browser.close()
 
 
 def test_bad_requests_get_openai_style_errors(client, server_url):
