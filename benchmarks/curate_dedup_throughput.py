@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,8 +53,9 @@ def make_corpus(root: Path, pages: int) -> tuple[Path, Path]:
     return data, truth
 
 
-def run_ours(data: Path, out: Path, workers: int) -> list[str]:
-    """Ids kept by the curate stage (documents carry no id through it, so texts are matched back)."""
+def run_ours(data: Path, out: Path, workers: int):
+    """Run the curate stage; return a function giving the kept ids (texts are matched back to ids,
+    since documents carry no id through the stage)."""
     from chatforge.config import load_config
     from chatforge.stages import curate
 
@@ -63,15 +65,18 @@ def run_ours(data: Path, out: Path, workers: int) -> list[str]:
     curate.run(cfg)
     report = json.loads((out / "curation_report.json").read_text())
     assert report["near_dup"]["bands"] == BANDS and report["near_dup"]["rows"] == ROWS, report["near_dup"]
-    kept = Counter(json.loads(line)["text"] for shard in report["shards"] for line in open(shard))
-    ids = []
-    for path in sorted(data.glob("*.jsonl")):
-        for line in open(path):
-            record = json.loads(line)
-            if kept[record["text"]] > 0:
-                kept[record["text"]] -= 1
-                ids.append(record["id"])
-    return ids
+
+    def kept_ids() -> list[str]:
+        kept = Counter(json.loads(line)["text"] for shard in report["shards"] for line in open(shard))
+        ids = []
+        for path in sorted(data.glob("*.jsonl")):
+            for line in open(path):
+                record = json.loads(line)
+                if kept[record["text"]] > 0:
+                    kept[record["text"]] -= 1
+                    ids.append(record["id"])
+        return ids
+    return kept_ids
 
 
 try:  # datatrove is only in the benchmark's environment
@@ -96,8 +101,8 @@ class WhitespaceTokenizer(WordTokenizer):
         raise NotImplementedError
 
 
-def run_datatrove(data: Path, out: Path, workers: int) -> list[str]:
-    """Ids kept by datatrove's MinHash pipeline."""
+def run_datatrove(data: Path, out: Path, workers: int):
+    """Run datatrove's MinHash pipeline; return a function giving the kept ids."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig
@@ -117,16 +122,17 @@ def run_datatrove(data: Path, out: Path, workers: int) -> list[str]:
     LocalPipelineExecutor(pipeline=[read(), MinhashDedupFilter(str(out / "remove")),
                                     JsonlWriter(str(out / "kept"), compression=None)],
                           tasks=tasks, workers=workers, **common).run()
-    return [json.loads(line)["id"] for path in sorted((out / "kept").glob("*.jsonl")) for line in open(path)]
+    return lambda: [json.loads(line)["id"] for path in sorted((out / "kept").glob("*.jsonl")) for line in open(path)]
 
 
 def one_run(tool: str, data: Path, out: Path, workers: int) -> dict:
     """Run one tool once in this process; wall seconds, peak RSS of this process and its children, kept ids."""
     start = time.perf_counter()
-    kept = (run_ours if tool == "ours" else run_datatrove)(data, out, workers)
+    kept_ids = (run_ours if tool == "ours" else run_datatrove)(data, out, workers)
     seconds = time.perf_counter() - start
+    # the high-water mark of the run itself, before the benchmark's own matching of kept documents
     peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"seconds": seconds, "peak_mb": peak_kb / 1024, "kept": kept}
+    return {"seconds": seconds, "peak_mb": peak_kb / 1024, "kept": kept_ids()}
 
 
 def truth_scores(kept_ids: list[str], truth: Path) -> dict:
@@ -166,6 +172,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--tools", nargs="+", default=["ours", "datatrove"])
+    parser.add_argument("--root", type=Path, help="reuse the corpus a run left in this folder (made if missing)")
     parser.add_argument("--one", nargs=4, metavar=("TOOL", "DATA", "OUT", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -173,9 +180,12 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(tool, Path(data), Path(out), int(workers))))
         return
 
-    root = Path(tempfile.mkdtemp(prefix="curate-bench-"))
+    root = args.root or Path(tempfile.mkdtemp(prefix="curate-bench-"))
     started = time.perf_counter()
-    data, truth = make_corpus(root, args.pages)
+    if (root / "truth.jsonl").is_file():
+        data, truth = root / "data", root / "truth.jsonl"
+    else:
+        data, truth = make_corpus(root, args.pages)
     n_docs = sum(1 for path in data.glob("*.jsonl") for _ in open(path))
     print(f"corpus: {n_docs:,} documents, {sum(p.stat().st_size for p in data.glob('*.jsonl')) / 1e6:.0f} MB "
           f"(rendered in {time.perf_counter() - started:.0f} s) in {data}")
@@ -185,6 +195,7 @@ def main() -> None:
             runs = []
             for repeat in range(args.repeats):
                 out = root / f"{tool}-{workers}-{repeat}"
+                shutil.rmtree(out, ignore_errors=True)
                 proc = subprocess.run([sys.executable, __file__, "--one", tool, str(data), str(out), str(workers)],
                                       capture_output=True, text=True)
                 line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
