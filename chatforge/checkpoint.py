@@ -102,18 +102,18 @@ def verify_checkpoint(folder: Path, checksums: bool = True) -> list[str]:
     if not manifest_path.exists():
         return []
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        files = {name: (entry["bytes"], entry["sha256"])
+                 for name, entry in json.loads(manifest_path.read_text())["files"].items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         return [f"{MANIFEST_FILE} is unreadable ({type(exc).__name__})"]
     problems = []
-    for name, expected in files.items():
+    for name, (size, sha256) in files.items():
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing")
-        elif path.stat().st_size != expected["bytes"]:
-            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
-        elif checksums and _sha256(path) != expected["sha256"]:
+        elif path.stat().st_size != size:
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {size}")
+        elif checksums and _sha256(path) != sha256:
             problems.append(f"{name} does not match its sha256 in the manifest")
     return problems
 
@@ -166,8 +166,8 @@ def list_checkpoints(run_dir) -> list[Path]:
 def latest_checkpoint(run_dir, report: bool = True) -> Path | None:
     """The newest checkpoint that passes verify_checkpoint, or None when the run has none.
 
-    Each damaged checkpoint on the way is reported (on stderr, by rank 0) and skipped, never deleted;
-    when every checkpoint is damaged the run stops rather than silently start over."""
+    Each damaged checkpoint on the way is reported (on stderr, by rank 0) and skipped, not deleted (a later
+    save_checkpoint does that); when every checkpoint is damaged the run stops rather than silently start over."""
     found = list_checkpoints(run_dir)
     damaged = []
     for folder in reversed(found):

@@ -104,7 +104,7 @@ def test_a_truncated_checkpoint_is_reported_and_the_previous_one_used(tmp_path, 
     assert newest.exists()  # reported, not deleted: the next save replaces it
 
 
-@pytest.mark.parametrize("damage", ["changed", "missing", "manifest"])
+@pytest.mark.parametrize("damage", ["changed", "missing", "manifest", "manifest_entry"])
 def test_changed_missing_files_and_a_broken_manifest_are_damage(tmp_path, damage):
     folder = save(tmp_path, 1)
     if damage == "changed":  # same size, other bytes: only the checksum sees it
@@ -113,8 +113,10 @@ def test_changed_missing_files_and_a_broken_manifest_are_damage(tmp_path, damage
         (folder / "trainer_state.pt").write_bytes(bytes(data))
     elif damage == "missing":
         (folder / "rng_rank0.pt").unlink()
-    else:
+    elif damage == "manifest":
         cut_in_half(folder / MANIFEST_FILE)
+    else:  # valid JSON of the wrong shape
+        (folder / MANIFEST_FILE).write_text(json.dumps({"files": {"model.safetensors": 12}}))
     assert verify_checkpoint(folder) != []
     with pytest.raises(ChatforgeError, match="every checkpoint is damaged.*resume=false"):
         latest_checkpoint(tmp_path)
