@@ -161,6 +161,11 @@ def shard(items):
     return items[rank()::world_size()]
 
 
+def rank_seed(seed: int) -> int:
+    """A seed of this rank's own (`seed` itself on rank 0 and in a single process): ranks sample independently."""
+    return seed + 1_000_000_007 * rank()
+
+
 def check_divisible(stage: str, field: str, value: int) -> None:
     """Fail (before any model loads) unless a global batch `field` splits evenly over torchrun's WORLD_SIZE ranks."""
     ranks = env_world_size()

@@ -157,6 +157,7 @@ def test_single_process_helpers_change_nothing():
     items = [3, 1, 4, 1, 5]
     assert not dist.is_distributed() and dist.world_size() == 1 and dist.is_main()
     assert dist.wrap(model) is model and dist.shard(items) is items and dist.share(items) == (items, 1.0)
+    assert dist.rank_seed(5) == 5
     values = torch.randn(3, 4)
     assert dist.all_reduce_mean(2.5) == 2.5 and dist.all_reduce_sum((1, 2)) == (1, 2) and dist.all_gather(values) is values
     mask = (torch.rand(3, 4) > 0.3).float()
@@ -177,6 +178,7 @@ def test_shards_split_a_batch_without_overlap(monkeypatch):
         shares.append(mine)
         weights.append(weight)
     assert sorted(sum(shares, [])) == items and shares[1] == [1, 4, 7]
+    assert dist.rank_seed(5) != 5  # (rank 2 here) ranks sample with seeds of their own
     # the mean over ranks of (weight * mean token value of the share) is the mean over all tokens
     per_rank = [w * sum(i * (i + 1) for i in s) / sum(i + 1 for i in s) for w, s in zip(weights, shares)]
     assert sum(per_rank) / 3 == pytest.approx(sum(i * (i + 1) for i in items) / sum(i + 1 for i in items))

@@ -245,7 +245,8 @@ def run(cfg: Config) -> Path:
     elif cfg.normalize_reward:
         # reward normalisation: the scale of SFT samples' rewards, measured once before any update
         first_prompts = dist.shard(step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1))
-        _, tensors = rollout(actor, tokenizer, [ids for _, ids in first_prompts], cfg, cfg.seed + 1, device)
+        _, tensors = rollout(actor, tokenizer, [ids for _, ids in first_prompts], cfg, dist.rank_seed(cfg.seed + 1),
+                             device)
         with torch.no_grad(), autocast(device, amp_dtype), on_device(reward_model, device, cfg.offload_frozen):
             scores = dist.all_gather(sequence_rewards(reward_model, *join_rollout(tensors)[:2]))  # every rank's
         state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
@@ -265,7 +266,7 @@ def run(cfg: Config) -> Path:
         step_start = time.perf_counter()
         batch_prompts = dist.shard(step_prompts(prompts, step, cfg.rollout_batch, cfg.seed))  # this rank's share
         result, rollout_batch = rollout(actor, tokenizer, [ids for _, ids in batch_prompts], cfg,
-                                        cfg.seed * 1_000_003 + step, device)
+                                        dist.rank_seed(cfg.seed * 1_000_003 + step), device)
         generated = time.perf_counter()
 
         # score: logprobs of both policies, values, rewards -> advantages (nothing here gets gradients)
