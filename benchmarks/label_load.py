@@ -27,9 +27,10 @@ def one_run(labelers: int, seconds: float, folder: Path) -> dict:
         result = simulate_labelers(url, credentials, seconds)
     check = check_stored(db, result)
     lost = check["missing"] + check["unexpected"] + check["wrong_ranking"] + check["duplicates"]
+    submit, page = result.percentiles(result.submit_latency_s), result.percentiles(result.page_latency_s)
     return {"per_s": check["acknowledged"] / result.seconds, "labels": check["acknowledged"], "lost": lost,
-            "failures": len(result.failures), **{f"submit_{k}": v for k, v in result.percentiles(result.submit_latency_s).items()},
-            **{f"page_{k}": v for k, v in result.percentiles(result.page_latency_s).items()}}
+            "failures": len(result.failures), **{f"submit_{k}": v for k, v in submit.items()},
+            **{f"page_{k}": v for k, v in page.items()}}
 
 
 def main() -> None:
