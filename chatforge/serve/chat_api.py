@@ -125,8 +125,8 @@ class Choice:
 class ChatService:
     """The model, its tokenizer and the one worker thread that decodes requests in turn."""
 
-    def __init__(self, model, tokenizer, model_name: str, max_new_tokens: int = 256):
-        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+    def __init__(self, model, tokenizer, max_new_tokens: int = 256):
+        self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens = max_new_tokens
         self.context = context_length(model)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatforge-generate")
@@ -176,19 +176,21 @@ class ChatService:
                 yield index, piece
 
     def usage(self, prompt_ids: list[int], choices: list[Choice]) -> dict:
+        """OpenAI's usage counts: prompt tokens, generated tokens of all choices, their sum."""
         completion = sum(c.tokens for c in choices)
         return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
                 "total_tokens": len(prompt_ids) + completion}
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """OpenAI's error response: {"error": {"message", "type", "param", "code"}}."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
 
 def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256) -> FastAPI:
     """The FastAPI app serving `model` under the name `model_name` (max_new_tokens: default reply limit)."""
-    service = ChatService(model, tokenizer, model_name, max_new_tokens)
+    service = ChatService(model, tokenizer, max_new_tokens)
     app = FastAPI(title="chatforge", description="OpenAI-compatible chat API over a chatforge model")
     app.state.service = service
     page = resources.files("chatforge.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
@@ -226,8 +228,11 @@ def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256) -> 
             events = sse_events(service, request, prompt_ids, head)
             return StreamingResponse(relay(events), media_type="text/event-stream")
         choices = service.new_choices(request)
-        for _ in service.stream(request, prompt_ids, choices):
-            pass
+        try:
+            for _ in service.stream(request, prompt_ids, choices):
+                pass
+        except Exception as exc:  # e.g. out of GPU memory: a JSON error, and the server keeps serving
+            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}") from exc
         return {**head, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
                              "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(choices)],
@@ -261,7 +266,8 @@ def sse_events(service: ChatService, request: ChatRequest, prompt_ids: list[int]
         for index, piece in service.stream(request, prompt_ids, choices):
             yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
     except Exception as exc:  # headers are sent: report it in the stream, as OpenAI does
-        yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error'}})}\n\n"
+        message = f"generation failed: {type(exc).__name__}: {exc}"
+        yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
         return
     for index, choice in enumerate(choices):
         yield event([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])

@@ -158,6 +158,21 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_model(client, server):
     assert reply.choices[0].finish_reason in ("stop", "length") and waited < 2.5
 
 
+def test_a_failure_while_generating_is_an_openai_style_server_error(client, server):
+    def broken(*args):
+        raise RuntimeError("out of memory (pretend)")
+
+    hook = server.config.app.state.service.model.register_forward_pre_hook(broken)
+    try:
+        with pytest.raises(openai.InternalServerError, match="out of memory"):
+            client.chat.completions.create(model="tiny-chat", messages=CHAT)
+        with pytest.raises(openai.APIError, match="out of memory"):
+            streamed(client, model="tiny-chat", messages=CHAT)
+    finally:
+        hook.remove()
+    assert client.chat.completions.create(model="tiny-chat", messages=CHAT, max_tokens=2).choices  # still serving
+
+
 def test_models_list_and_the_chat_page(client, server_url):
     assert [m.id for m in client.models.list().data] == ["tiny-chat"]
     status, content_type, page = http(f"{server_url}/")
