@@ -197,7 +197,8 @@ def load_trainer_state(checkpoint: Path, stateful: dict) -> dict:
     elif "torch_rng" in trainer:  # a checkpoint from before per-rank RNG files
         torch.set_rng_state(trainer["torch_rng"])
     else:
-        print(f"warning: {checkpoint} holds no RNG state for rank {process_rank()} (was it saved with fewer "
-              "processes?); this rank continues with freshly seeded RNG, so the run is not an exact resume",
-              file=sys.stderr)
+        # written directly: under torchrun print() is silenced on ranks other than 0, and this is about one of them
+        sys.stderr.write(f"warning: {checkpoint} holds no RNG state for rank {process_rank()} (was it saved with "
+                         "fewer processes?); this rank continues with freshly seeded RNG, so the run is not an exact "
+                         "resume\n")
     return json.loads((checkpoint / STATE_FILE).read_text())
