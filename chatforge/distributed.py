@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import functools
 import os
 
@@ -330,8 +331,6 @@ def on_main(fn, *args, **kwargs):
 
 def accumulating(model, last: bool):
     """Context for one micro-batch's forward and backward: with DDP, gradients are averaged only on the last."""
-    import contextlib
-
     if last or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()
