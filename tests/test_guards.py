@@ -29,10 +29,12 @@ def poison(real_loss, bad_calls: set, kind: str):
 
     def loss_fn(*args, **kwargs):
         calls["n"] += 1
-        loss = real_loss(*args, **kwargs)
+        result = real_loss(*args, **kwargs)
         if calls["n"] not in bad_calls:
-            return loss
-        return loss * float("inf") if kind == "loss" else NanGradient.apply(loss)
+            return result
+        loss, *rest = result if isinstance(result, tuple) else (result,)  # (loss, stats) from losses.py's PPO terms
+        loss = loss * float("inf") if kind == "loss" else NanGradient.apply(loss)
+        return (loss, *rest) if rest else loss
     return loss_fn
 
 
@@ -104,3 +106,39 @@ def test_out_of_memory_names_the_settings_to_lower(toy_corpus, toy_tokenizer_dir
         assert setting in err, setting
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory")) and not is_out_of_memory(ValueError("x"))
     assert "max_new_tokens=48" in out_of_memory_advice("ppo", type("Cfg", (), {"max_new_tokens": 48})())
+
+
+def test_rm_and_ppo_skip_non_finite_steps(tiny_world_base, tmp_path, monkeypatch, capsys):
+    """The same guard in the RM and PPO loops: a poisoned loss skips its update and the run goes on."""
+    import json
+    import random
+
+    from chatforge.models.io import load_tokenizer, save_hf_folder
+    from chatforge.models.reward import build_reward_model
+    from chatforge.stages import ppo, rm
+
+    world_dir, base = tiny_world_base
+    rng = random.Random(0)
+    words = "the cat sat on a mat and ran to the big red house".split()
+    data = tmp_path / "comparisons.jsonl"
+    data.write_text("".join(json.dumps({"prompt": " ".join(rng.sample(words, 4)),
+                                        "responses": [" ".join(rng.sample(words, 5)) for _ in range(2)]}) + "\n"
+                            for _ in range(16)))
+    monkeypatch.setattr(rm, "ranking_loss", poison(rm.ranking_loss, {2}, "gradient"))
+    rm.run(rm.Config(model=str(base), train_data=[str(data)], out_dir=str(tmp_path / "rm"), batch_prompts=4,
+                     log_every=1, tensorboard=False, device="cpu", num_threads=1))
+    assert "rm: step 2: non-finite gradient, step skipped" in capsys.readouterr().err
+    steps = [m["step"] for m in read_metrics(tmp_path / "rm") if "train/loss" in m]
+    assert steps == [1, 2, 3]  # 4 batches, one skipped
+
+    tokenizer = load_tokenizer(base)
+    critic = build_reward_model(base, tokenizer.pad_token_id)
+    torch.nn.init.normal_(critic.score.weight, std=0.3)
+    rm_dir = save_hf_folder(critic, tokenizer, tmp_path / "rm_random")
+    monkeypatch.setattr(ppo, "value_loss", poison(ppo.value_loss, {1}, "loss"))
+    final = ppo.run(ppo.Config(policy=str(base), reward_model=str(rm_dir), out_dir=str(tmp_path / "ppo"),
+                               prompts=str(world_dir / "prompts" / "rl.jsonl"), steps=2, rollout_batch=4,
+                               minibatch_size=4, ppo_epochs=1, max_new_tokens=8, tensorboard=False, device="cpu",
+                               num_threads=1))
+    assert "ppo: step 1: non-finite loss, step skipped" in capsys.readouterr().err
+    assert all(torch.isfinite(t).all() for t in load_file(final / "model.safetensors").values())
