@@ -188,7 +188,7 @@ def main() -> None:
         data, truth = make_corpus(root, args.pages)
     n_docs = sum(1 for path in data.glob("*.jsonl") for _ in open(path))
     print(f"corpus: {n_docs:,} documents, {sum(p.stat().st_size for p in data.glob('*.jsonl')) / 1e6:.0f} MB "
-          f"(rendered in {time.perf_counter() - started:.0f} s) in {data}")
+          f"(ready in {time.perf_counter() - started:.0f} s) in {data}")
     rows = {}
     for workers in args.workers:
         for tool in args.tools:

@@ -72,21 +72,8 @@ def write_mixture(plans: list[SourcePlan], source_files: dict[str, Path], out_di
     for old in out_dir.glob("train-*.jsonl"):
         old.unlink()  # a rerun must not leave shards of an earlier, larger run behind
     buffer: list[dict] = []
-    shard: list[str] = []
-    shards: list[str] = []
-
-    def emit(record: dict) -> None:
-        shard.append(json.dumps({"text": record["text"], "source": record["source"]}, ensure_ascii=False))
-        if len(shard) >= shard_docs:
-            flush()
-
-    def flush() -> None:
-        if shard:
-            path = out_dir / f"train-{len(shards):05d}.jsonl"
-            path.write_text("\n".join(shard) + "\n", encoding="utf-8")
-            shards.append(path.name)
-            shard.clear()
-
+    writer = _ShardWriter(out_dir, shard_docs)
+    emit = writer.write
     while streams:
         names = list(streams)
         share = np.array([max(owed[n], 1.0) for n in names])
@@ -107,5 +94,29 @@ def write_mixture(plans: list[SourcePlan], source_files: dict[str, Path], out_di
     rng.shuffle(buffer)
     for record in buffer:
         emit(record)
-    flush()
-    return {"shards": shards, "sources": written}
+    writer.close()
+    return {"shards": writer.names, "sources": written}
+
+
+class _ShardWriter:
+    """Writes records line by line into train-NNNNN.jsonl files of `shard_docs` documents each, so only
+    the shuffle buffer is ever held in memory, never a whole shard."""
+
+    def __init__(self, out_dir: Path, shard_docs: int):
+        self.out_dir, self.shard_docs = out_dir, shard_docs
+        self.names: list[str] = []
+        self.handle, self.docs = None, 0
+
+    def write(self, record: dict) -> None:
+        if self.handle is None:
+            self.names.append(f"train-{len(self.names):05d}.jsonl")
+            self.handle, self.docs = (self.out_dir / self.names[-1]).open("w", encoding="utf-8"), 0
+        self.handle.write(json.dumps({"text": record["text"], "source": record["source"]}, ensure_ascii=False) + "\n")
+        self.docs += 1
+        if self.docs >= self.shard_docs:
+            self.close()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None

@@ -197,6 +197,7 @@ def run(cfg: Config) -> Path:
         return on_bad if cfg.bad_records == "skip" else None
 
     # --- pass 1: read, exact duplicates, MinHash band keys; survivors spill to disk --------------------
+    dedup_started = time.perf_counter()
     crawl_sample = Reservoir(cfg.quality_train_docs, rng)
     seen_exact: set[bytes] = set()
     # per document only its band keys and two positions are held (arrays, not lists of Python ints)
@@ -233,7 +234,7 @@ def run(cfg: Config) -> Path:
     spill_source, spill_pos = np.frombuffer(spill_source, dtype=np.int32), np.frombuffer(spill_pos, dtype=np.int64)
     clusters = cluster(band_keys)
     del band_keys
-    dedup_seconds = time.perf_counter() - started
+    dedup_seconds = time.perf_counter() - dedup_started
     removed = np.zeros(len(spill_source), dtype=bool)
     removed[clusters.removed] = True
     example_pairs = [(int(i), int(clusters.keeper[i])) for i in clusters.removed[: cfg.examples]]
