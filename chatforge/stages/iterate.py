@@ -6,7 +6,9 @@
 
 Every round's RM starts from the reference (SFT) model and sees every comparison collected so far, so
 later rounds fix the RM where the policy has moved (the responses it now writes). Every round's PPO keeps
-the SFT model as the KL reference, so the total drift from SFT stays bounded across rounds.
+the SFT model as the KL reference, so the total drift from SFT stays bounded across rounds; it starts
+from the current policy, or (ppo_from = reference) afresh from SFT against the new RM, as Anthropic
+retrained its online policies.
 
 Before the first round the start policy is evaluated the same way (same judge, prompts, decoding and
 seed), so "round N against round N-1" is a like-for-like comparison; with first_round = 2 and the
@@ -37,6 +39,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from chatforge.config import load_config, opt, require_positive, save_config
 from chatforge.data.formats import data_files, read_comparisons, read_prompts
@@ -78,6 +81,9 @@ class Config:
     labeler_agreement: float = opt(0.0, "0 = the simulated labelers keep the world's labeler.json noise every round "
                                         "(the same people); else their noise is calibrated so two of them agree "
                                         "this often on each round's pools")
+    ppo_from: Literal["policy", "reference"] = opt(
+        "policy", "each round's PPO starts from the current policy, or afresh from the reference (SFT) against the "
+                  "new RM; either way the next round ranks samples of the round's PPO policy")
     control: bool = opt(False, "also run each round's PPO against the previous round's RM (no new rankings)")
     rm_config: str = opt("configs/rm_tiny.yaml", "config of every round's reward model")
     ppo_config: str = opt("configs/ppo_tiny.yaml", "config of every round's PPO")
@@ -316,17 +322,18 @@ def run(cfg: Config) -> Path:
         rm_dir = str(Path(rm_cfg.out_dir) / "final")
         val = json.loads((Path(rm_cfg.out_dir) / "summary.json").read_text())["val"]
 
-        new_policy = run_ppo(cfg, policy, reference, rm_dir, round_dir / "ppo", cfg.seed + round_no)
+        ppo_start = policy if cfg.ppo_from == "policy" else reference
+        new_policy = run_ppo(cfg, ppo_start, reference, rm_dir, round_dir / "ppo", cfg.seed + round_no)
         numbers, by_prompt = evaluate_policy(cfg, new_policy, reference, rm_dir, round_dir / "eval")
         gain, gain_se = paired_gain(by_prompt, before)
-        row.update(policy=new_policy, rm_val_accuracy=val["accuracy"], rm_gold_agreement=val.get("gold_agreement"),
-                   **numbers, gold_gain=gain, gold_gain_se=gain_se)
+        row.update(policy=new_policy, ppo_start=ppo_start, rm_val_accuracy=val["accuracy"],
+                   rm_gold_agreement=val.get("gold_agreement"), **numbers, gold_gain=gain, gold_gain_se=gain_se)
         rows.append(row)
         (out_dir / "iterate.json").write_text(json.dumps({"rounds": rows}, indent=1))
         if cfg.control and previous_rm:
             # the same PPO (start, steps, seed) against the RM the start policy already had: the gain
             # over it is what this round's new rankings added beyond more optimisation
-            control_policy = run_ppo(cfg, policy, reference, previous_rm, round_dir / "control_ppo",
+            control_policy = run_ppo(cfg, ppo_start, reference, previous_rm, round_dir / "control_ppo",
                                      cfg.seed + round_no)
             control, control_by_prompt = evaluate_policy(cfg, control_policy, reference, rm_dir,
                                                          round_dir / "control_eval")

@@ -75,9 +75,15 @@ def test_a_finished_round_is_not_redone(tiny_world_base, tmp_path):
                round_dir / "ppo" / "summary.json", round_dir / "eval" / "eval.json",
                tmp_path / "it" / "start" / "eval" / "eval.json"]
     stamps = [path.stat().st_mtime_ns for path in outputs]
-    iterate.run(iterate_config(world_dir, base, tmp_path / "it", rounds=1))
+    iterate.run(iterate_config(world_dir, base, tmp_path / "it", rounds=2, ppo_from="reference"))
     assert [path.stat().st_mtime_ns for path in outputs] == stamps
-    assert len(json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]) == 2
+    assert len(json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"]) == 3
+    # ppo_from=reference: round 2's PPO starts afresh from the reference, yet it ranked round 1's samples
+    second_ppo = yaml.safe_load((tmp_path / "it" / "round_2" / "ppo" / "config.yaml").read_text())
+    assert second_ppo["policy"] == str(base)
+    assert second_ppo["reward_model"] == str(tmp_path / "it" / "round_2" / "rm" / "final")
+    assert json.loads((tmp_path / "it" / "iterate.json").read_text())["rounds"][2]["start_policy"] == \
+        str(round_dir / "ppo" / "final")
 
 
 def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
