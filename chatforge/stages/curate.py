@@ -66,8 +66,9 @@ class Config:
     truth_source: str = opt("", "which source the truth is about (default: the first filtered source)")
     builtin_crawl: CrawlConfig = opt(CrawlConfig(), "the built-in world's crawl; when enabled, empty sources / "
                                                     "reference / truth default to its files")
-    bad_records: Literal["fail", "skip"] = opt("fail", "a bad record or unreadable file: fail with FILE:LINE, "
-                                                       "or skip it and count it in the report")
+    bad_records: Literal["fail", "skip"] = opt("fail", "a bad record or unreadable file in a source: fail with "
+                                                       "FILE:LINE, or skip it and count it in the report (the "
+                                                       "trusted reference always fails loud)")
     shingle_size: int = opt(5, "words per shingle for near-duplicate detection")
     num_perm: int = opt(128, "MinHash permutations (more: a sharper threshold, slower)")
     threshold: float = opt(0.7, "Jaccard similarity above which two documents are near-duplicates")
