@@ -419,7 +419,9 @@ def _forward_kwargs(model) -> set[str]:
 
 def _last_logits(model, accepted: set[str], input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
     """Logits of the last position, in float32 (log_softmax of bf16 logits loses too much). # (rows, vocab)"""
-    kwargs = dict(attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+    # transformers renamed past_key_values to cache (5.2x warns on the old name; it goes in 5.40)
+    cache_arg = "cache" if "cache" in accepted else "past_key_values"
+    kwargs = {"attention_mask": attention_mask, cache_arg: cache, "use_cache": True}
     if "position_ids" in accepted:
         kwargs["position_ids"] = position_ids
     if "logits_to_keep" in accepted:  # skip the vocab projection of every prompt position
