@@ -243,10 +243,12 @@ def run(cfg: Config) -> Path:
         state.update(load_trainer_state(resume_from, stateful))
         print(f"ppo: resuming after step {state['step']} from {resume_from}")
     elif cfg.normalize_reward:
-        # reward normalisation: the scale of SFT samples' rewards, measured once before any update
+        # reward normalisation: the scale of SFT (reference) samples' rewards, measured once before any update;
+        # the reference, not the actor, so a later round of iterated RLHF still measures SFT's scale
         first_prompts = dist.shard(step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1))
-        _, tensors = rollout(actor, tokenizer, [ids for _, ids in first_prompts], cfg, dist.rank_seed(cfg.seed + 1),
-                             device)
+        with on_device(reference, device, cfg.offload_frozen):
+            _, tensors = rollout(reference, tokenizer, [ids for _, ids in first_prompts], cfg,
+                                 dist.rank_seed(cfg.seed + 1), device)
         with torch.no_grad(), autocast(device, amp_dtype), on_device(reward_model, device, cfg.offload_frozen):
             scores = dist.all_gather(sequence_rewards(reward_model, *join_rollout(tensors)[:2]))  # every rank's
         state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
