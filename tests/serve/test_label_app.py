@@ -3,7 +3,6 @@ the SFT / RM readers, agreement numbers worked out by hand, and the `chatforge l
 
 import json
 import re
-import sqlite3
 
 import pytest
 from starlette.testclient import TestClient
@@ -16,6 +15,7 @@ from chatforge.serve.label.app import COOKIE, create_app
 from chatforge.serve.label.db import Label, open_db
 from chatforge.serve.label.export import export_labels
 from chatforge.serve.label.load import form_nonce, sign_in
+from labdb import copy_db, session_cookies
 
 PROMPTS = ["What is 2 plus 3?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]]
 
@@ -32,8 +32,7 @@ def signed_in_db(tmp_path_factory):
                   "hal": store.add_labeler(session, "hal", held_out=True)}
         store.add_job(session, "rank", "ranking", [(p, [f"answer {i}{c}" for c in "ABCD"]) for i, p in enumerate(PROMPTS)],
                       labelers_per_item=3, k=4)
-    client = TestClient(create_app(db))
-    cookies = {name: sign_in(client, name, token).cookies[COOKIE] for name, token in tokens.items()}
+    cookies = session_cookies(db, tokens)
     engine.dispose()
     return db, cookies
 
@@ -42,9 +41,7 @@ def signed_in_db(tmp_path_factory):
 def lab(signed_in_db, tmp_path):
     """A fresh copy of the signed-in database: (db, make_session, cookies)."""
     template, cookies = signed_in_db
-    db = str(tmp_path / "label.db")
-    with sqlite3.connect(template) as source, sqlite3.connect(db) as target:
-        source.backup(target)
+    db = copy_db(template, str(tmp_path / "label.db"))
     return db, open_db(db)[1], dict(cookies)
 
 

@@ -1,7 +1,6 @@
 """The labeling app refuses what it must: others' items and labels, admin pages for labelers, forged or
 replayed posts, oversized or malformed submissions; SQL injection text in any field is plain text."""
 
-import sqlite3
 
 import pytest
 from sqlalchemy import func, inspect, select
@@ -11,6 +10,7 @@ from chatforge.serve.label import store
 from chatforge.serve.label.app import COOKIE, create_app
 from chatforge.serve.label.db import Label, Labeler, Nonce, open_db
 from chatforge.serve.label.load import form_nonce, sign_in
+from labdb import copy_db, session_cookies
 
 INJECTIONS = ["' OR '1'='1", "1; DROP TABLE labels; --", "x'); DELETE FROM labelers; --", '" OR ""="',
               "1 UNION SELECT token_hash FROM labelers --"]
@@ -26,8 +26,7 @@ def signed_in_db(tmp_path_factory):
         tokens = {name: store.add_labeler(session, name, admin=name == "admin") for name in ("ann", "bob", "admin")}
         store.add_job(session, "rank", "ranking", [(f"prompt {i}", [f"r{i}{c}" for c in "ABCD"]) for i in range(3)], k=4)
         store.add_job(session, "demos", "demonstration", [("write one", [])])
-    client = TestClient(create_app(db))
-    cookies = {name: sign_in(client, name, token).cookies[COOKIE] for name, token in tokens.items()}
+    cookies = session_cookies(db, tokens)
     engine.dispose()
     return db, cookies
 
@@ -36,9 +35,7 @@ def signed_in_db(tmp_path_factory):
 def lab(signed_in_db, tmp_path):
     """A fresh copy of the signed-in database, the app over it (8 KiB body limit) and a client per person."""
     template, cookies = signed_in_db
-    db = str(tmp_path / "label.db")
-    with sqlite3.connect(template) as source, sqlite3.connect(db) as target:
-        source.backup(target)
+    db = copy_db(template, str(tmp_path / "label.db"))
     _, make_session = open_db(db)
     app = create_app(db, max_body_bytes=8192)
     clients = {name: TestClient(app, cookies={COOKIE: cookie}) for name, cookie in cookies.items()}
