@@ -8,7 +8,8 @@
 Each step: sample one response per prompt for `rollout_batch` RL prompts (temperature 1 by default)
 -> score them: the policy's and the reference's logprobs, the critic's values, the RM's reward
 (normalised by the mean/std of rewards of SFT samples measured before training; minus a penalty if
-the response never ended) -> per-token rewards -beta * (log pi - log pi_ref), with the score added
+the response never ended; reward_source = gold puts the built-in world's gold judge in the RM's place,
+an oracle run) -> per-token rewards -beta * (log pi - log pi_ref), with the score added
 at the last token -> GAE advantages, whitened -> `ppo_epochs` passes of minibatches with the clipped
 policy loss + gamma * the pretraining LM loss (PPO-ptx; ptx_coef = 0 is plain PPO) for the actor,
 and the clipped value loss for the critic. Dropout is off in every role (all models stay in eval
@@ -64,6 +65,9 @@ class Config:
     policy: str = opt("", "model folder the actor starts from (the SFT model, or the last round's policy)")
     reference: str = opt("", "frozen reference of the KL penalty ('' = policy); iterated RLHF keeps the SFT model here")
     reward_model: str = opt("", "reward-model folder (written by `chatforge rm`), frozen")
+    reward_source: Literal["rm", "gold"] = opt(
+        "rm", "what scores each response: the reward model, or the built-in world's gold judge (needs gold_world): "
+              "an oracle run, the most PPO gets from a perfect RM (reward_model then only starts the critic)")
     critic: str = opt("", "reward-model folder the critic starts from ('' = reward_model)")
     prompts: str = opt("", 'JSONL of {"prompt": ...} RL prompts (no responses needed)')
     pretrain_data: list[str] = opt([], "pretraining text (.jsonl/.txt/.parquet) for the ptx loss")
@@ -125,6 +129,8 @@ class Config:
             check_reward_model_dir(self.critic, "critic")
         if not Path(self.prompts).is_file():
             raise ChatforgeError(f"{self.prompts}: field 'prompts': file does not exist")
+        if self.reward_source == "gold" and not self.gold_world:
+            raise ChatforgeError("ppo: reward_source 'gold' needs field 'gold_world' (a `chatforge world` folder)")
         if self.ptx_coef > 0 and not self.pretrain_data:
             raise ChatforgeError("ppo: ptx_coef > 0 needs field 'pretrain_data' (pretraining text files)")
         require_positive(self, "ppo", ("steps", "rollout_batch", "max_new_tokens", "ppo_epochs", "minibatch_size",
@@ -179,6 +185,16 @@ def rollout(actor, tokenizer, prompt_ids: list[list[int]], cfg: Config, seed: in
     return result, result.to_tensors(device=device)
 
 
+def response_scores(cfg: Config, reward_model, judge, batch_prompts: list, texts: list[str], input_ids, attention_mask,
+                    device) -> torch.Tensor:
+    """Raw score of each response: the RM read at its last token, or the gold judge (reward_source gold). # (batch,)"""
+    if cfg.reward_source == "gold":
+        gold = judge([prompt for prompt, _ in batch_prompts], texts)
+        return torch.tensor(gold, dtype=torch.float32, device=device)
+    with on_device(reward_model, device, cfg.offload_frozen):
+        return sequence_rewards(reward_model, input_ids, attention_mask)
+
+
 def trim(tensors: dict, rows: torch.Tensor) -> dict:
     """The minibatch `rows`, with columns that are padding in every chosen row cut away."""
     picked = {name: t[rows] for name, t in tensors.items()}
@@ -215,10 +231,13 @@ def run(cfg: Config) -> Path:
     actor = configure_trainable(actor, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
     frozen_device = "cpu" if cfg.offload_frozen else device  # offloaded: on the GPU only for their forward passes
     reference = load_causal_lm(reference_dir, device=frozen_device).requires_grad_(False)
-    reward_model = load_reward_model(cfg.reward_model, frozen_device).requires_grad_(False)
+    # with the gold judge as the reward, the RM folder only starts the critic
+    reward_model = None if cfg.reward_source == "gold" else \
+        load_reward_model(cfg.reward_model, frozen_device).requires_grad_(False)
     critic = load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
     for model in (actor, reference, reward_model, critic):
-        model.eval()  # dropout off in every role: the rollout policy must be the policy being scored
+        if model is not None:
+            model.eval()  # dropout off in every role: the rollout policy must be the policy being scored
     if cfg.gradient_checkpointing:
         for model in (actor, critic):
             enable_gradient_checkpointing(model, in_eval_mode=True)
@@ -247,10 +266,11 @@ def run(cfg: Config) -> Path:
         # the reference, not the actor, so a later round of iterated RLHF still measures SFT's scale
         first_prompts = dist.shard(step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1))
         with on_device(reference, device, cfg.offload_frozen):
-            _, tensors = rollout(reference, tokenizer, [ids for _, ids in first_prompts], cfg,
-                                 dist.rank_seed(cfg.seed + 1), device)
-        with torch.no_grad(), autocast(device, amp_dtype), on_device(reward_model, device, cfg.offload_frozen):
-            scores = dist.all_gather(sequence_rewards(reward_model, *join_rollout(tensors)[:2]))  # every rank's
+            result, tensors = rollout(reference, tokenizer, [ids for _, ids in first_prompts], cfg,
+                                      dist.rank_seed(cfg.seed + 1), device)
+        with torch.no_grad(), autocast(device, amp_dtype):
+            scores = dist.all_gather(response_scores(cfg, reward_model, judge, first_prompts, result.texts,
+                                                     *join_rollout(tensors)[:2], device))  # every rank's
         state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
     ptx_batches = None
     if cfg.ptx_coef > 0:
@@ -282,8 +302,8 @@ def run(cfg: Config) -> Path:
             with on_device(reference, device, cfg.offload_frozen):
                 ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
             old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
-            with on_device(reward_model, device, cfg.offload_frozen):
-                raw_scores = sequence_rewards(reward_model, input_ids, attention_mask)  # at the last token, (batch,)
+            raw_scores = response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids,
+                                         attention_mask, device)
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
         scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
         scores = scores - cfg.missing_eos_penalty * (1.0 - finished)

@@ -114,3 +114,21 @@ def test_ppo_refuses_prompts_longer_than_the_context(tiny_world_base, reward_mod
     err = capsys.readouterr().err
     assert f"{prompts}:1" in err and "context" in err
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_ppo_with_the_gold_judge_as_reward(tiny_world_base, reward_model_dir, tmp_path):
+    """reward_source gold: each response's raw score is its gold score (the oracle run's reward)."""
+    world_dir, base = tiny_world_base
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "ppo", steps=2, ptx_coef=0.0,
+                       reward_source="gold", save_every=0))
+    metrics = read_metrics(tmp_path / "ppo")
+    for record in metrics:
+        assert record["rollout/reward"] == pytest.approx(record["rollout/gold_score"], abs=1e-6)
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["reward_std_sft"] > 0  # normalised by the gold scores of the reference's samples
+
+
+def test_ppo_gold_reward_needs_a_world(tiny_world_base, reward_model_dir, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    assert run_cli(world_dir, base, reward_model_dir, tmp_path / "out", "reward_source=gold") == 2
+    assert "gold_world" in capsys.readouterr().err
