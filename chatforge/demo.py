@@ -2,7 +2,8 @@
 
     world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
     simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT,
-    plus a plain PPO run with a weak KL penalty whose curves show reward over-optimization
+    plus plain PPO against the gold judge instead of the RM (an oracle: what a perfect RM would give),
+    and plain PPO with a weak KL penalty whose curves show reward over-optimization
 
 Each stage reads its own YAML config (named below) and the demo fills in the paths that chain the
 stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
@@ -63,6 +64,8 @@ class Config:
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
     weak_kl_coef: float = opt(0.05, "beta of a third, plain PPO run that shows reward over-optimization (0 = skip)")
     weak_kl_steps: int = opt(60, "steps of that run")
+    oracle_run: bool = opt(True, "also run plain PPO with the gold judge as its reward (reward_source gold): the most "
+                                 "this PPO reaches with a perfect RM, so the gap to the RM runs is the RM's")
     best_of_n: int = opt(8, "n of the best-of-n baseline: n SFT samples per prompt, the RM picks one")
     few_shot_prompts: int = opt(4, "few-shot questions shown in the report as base-model samples")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
@@ -175,6 +178,8 @@ def run(cfg: Config) -> Path:
     # then (optionally) plain PPO with a weak KL penalty, to show where the gold score stops following the RM
     ppo_dirs, ppo_runs = {}, {}
     runs = [("ppo", {"ptx_coef": 0.0}), ("ppo_ptx", {})]
+    if cfg.oracle_run:
+        runs.append(("ppo_oracle", {"ptx_coef": 0.0, "reward_source": "gold"}))
     if cfg.weak_kl_coef > 0:
         runs.append(("ppo_weak_kl", {"ptx_coef": 0.0, "kl_coef": cfg.weak_kl_coef, "steps": cfg.weak_kl_steps}))
     for name, changes in runs:
@@ -232,6 +237,9 @@ def run(cfg: Config) -> Path:
                f"share of held-out samples (T=1, {ptx_eval['samples_per_prompt']} per prompt) where the gold "
                "judge prefers PPO-ptx's answer to SFT's (ties half)")
     report.add("ppo_winrate_vs_sft", ppo_eval["winrate_gold"], "the same for plain PPO")
+    if "ppo_oracle" in evals:
+        report.add("oracle_winrate_vs_sft", evals["ppo_oracle"]["winrate_gold"], "the same for plain PPO trained "
+                   "against the gold judge instead of the RM: what a perfect RM would give")
     report.add("ppo_ptx_winrate_vs_sft_greedy", win_rate(greedy_scores["ppo_ptx"], sft_scores),
                "gold win rate of PPO-ptx's greedy answers over SFT's greedy answers (ties half)")
     report.add("ppo_ptx_winrate_vs_sft_rm", ptx_eval["winrate_rm"], "win rate of PPO-ptx over SFT judged by the RM")

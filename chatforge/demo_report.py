@@ -118,6 +118,9 @@ def write_ppo_section(report: Report, runs: dict[str, Path], evals: dict[str, di
         lines.append(f"- **{run}**: over the rollouts (10-step means), RM reward {shape['reward_start']:.3f} -> "
                      f"{shape['reward_peak']:.3f} and gold score {shape['gold_start']:.3f} -> {shape['gold_peak']:.3f} "
                      f"up to step {shape['peak_step']}; {tail}.")
+    if "ppo_oracle" in runs:
+        lines.append("- ppo_oracle is plain PPO with the gold judge as its reward (its \"RM reward\" curve is the gold "
+                     "score): what this PPO reaches with a perfect reward model. Its gap to ppo is the RM's.")
     first = next(iter(evals.values()))
     n = first["samples_per_prompt"]
     rows = ["", f"Held-out prompts ({first['prompts']} prompts x {n} samples at temperature 1, each sample "

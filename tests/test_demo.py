@@ -9,7 +9,7 @@ from chatforge.cli import main
 REQUIRED_KEYS = ("wall_seconds", "unigram_loss", "base_val_loss", "base_fact_accuracy", "labeler_agreement",
                  "rm_val_accuracy", "base_gold_score", "sft_gold_score", "ppo_gold_score", "ppo_ptx_gold_score",
                  "ppo_ptx_winrate_vs_sft", "bon_gold_score", "base_ppl", "sft_ppl", "ppo_ppl", "ppo_ptx_ppl",
-                 "ppo_ptx_kl", "weak_kl_gold_peak_step", "weak_kl_gold_end")
+                 "ppo_ptx_kl", "weak_kl_gold_peak_step", "weak_kl_gold_end", "oracle_winrate_vs_sft")
 
 
 @pytest.mark.slow
