@@ -2,8 +2,8 @@
 
     world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
     simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT,
-    plus plain PPO against the gold judge instead of the RM (an oracle: what a perfect RM would give),
-    and plain PPO with a weak KL penalty whose curves show reward over-optimization
+    plus plain PPO with a weak KL penalty whose curves show reward over-optimization, and with
+    oracle_run plain PPO against the gold judge instead of the RM (what a perfect RM would give)
 
 Each stage reads its own YAML config (named below) and the demo fills in the paths that chain the
 stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
@@ -64,8 +64,9 @@ class Config:
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
     weak_kl_coef: float = opt(0.05, "beta of a third, plain PPO run that shows reward over-optimization (0 = skip)")
     weak_kl_steps: int = opt(60, "steps of that run")
-    oracle_run: bool = opt(True, "also run plain PPO with the gold judge as its reward (reward_source gold): the most "
-                                 "this PPO reaches with a perfect RM, so the gap to the RM runs is the RM's")
+    oracle_run: bool = opt(False, "also run plain PPO with the gold judge as its reward (reward_source gold): the "
+                                  "most this PPO reaches with a perfect RM, so the gap to the RM runs is the RM's "
+                                  "(about 2 more minutes)")
     best_of_n: int = opt(8, "n of the best-of-n baseline: n SFT samples per prompt, the RM picks one")
     few_shot_prompts: int = opt(4, "few-shot questions shown in the report as base-model samples")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
