@@ -187,7 +187,7 @@ def rollout(actor, tokenizer, prompt_ids: list[list[int]], cfg: Config, seed: in
 
 def response_scores(cfg: Config, reward_model, judge, batch_prompts: list, texts: list[str], input_ids, attention_mask,
                     device) -> torch.Tensor:
-    """Raw score of each response: the RM read at its last token, or the gold judge (reward_source gold). # (batch,)"""
+    """Raw score of each response, (batch,): the RM read at its last token, or the gold judge (reward_source gold)."""
     if cfg.reward_source == "gold":
         gold = judge([prompt for prompt, _ in batch_prompts], texts)
         return torch.tensor(gold, dtype=torch.float32, device=device)
