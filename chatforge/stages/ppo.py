@@ -377,8 +377,9 @@ def run(cfg: Config) -> Path:
             "time/step_s": trained - step_start,
             **{f"train/{key}": sum(values) / len(values) for key, values in stats.items()},
         }
-        if judge is not None:
-            gold = judge([prompt for prompt, _ in batch_prompts], result.texts)
+        if judge is not None:  # with reward_source gold the step's raw scores are already the gold scores
+            gold = raw_scores.tolist() if cfg.reward_source == "gold" else \
+                judge([prompt for prompt, _ in batch_prompts], result.texts)
             record["rollout/gold_score"] = sum(gold) / len(gold)
         record = dist.all_reduce_mean(record)  # means of the ranks' equal shares: the whole rollout batch's means
         state["step"] = step + 1

@@ -1,7 +1,6 @@
 """The labeling app refuses what it must: others' items and labels, admin pages for labelers, forged or
 replayed posts, oversized or malformed submissions; SQL injection text in any field is plain text."""
 
-
 import pytest
 from sqlalchemy import func, inspect, select
 from starlette.testclient import TestClient
