@@ -230,6 +230,9 @@ def run(cfg: Config) -> Path:
                "best any RM can do against noisy labels")
     report.add("rm_gold_agreement", val.get("gold_agreement"),
                "share of held-out pairs (gold ties excluded) the RM orders as the gold scorer does")
+    report.add("rm_gold_agreement_correctness", val.get("gold_agreement_by_contrast", {}).get("correctness"),
+               "the same on the pairs whose answers differ in correctness (right vs wrong fact or sum, refusal vs "
+               "compliance), not only in form")
     ptx_eval, ppo_eval = evals["ppo_ptx"], evals["ppo"]
     report.add("ppo_gold_score", mean(greedy_scores["ppo"]), "mean gold score of plain PPO's greedy answers "
                "(same prompts and decoding as sft_gold_score)")

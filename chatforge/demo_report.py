@@ -63,6 +63,16 @@ def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:
         text += f" The RM orders {val['gold_agreement']:.3f} of gold-distinguishable pairs as the gold scorer does"
         text += " (by prompt kind: " + ", ".join(
             f"{kind} {share:.3f}" for kind, share in val.get("gold_agreement_by_kind", {}).items()) + ")."
+    contrast = val.get("gold_agreement_by_contrast", {})
+    if contrast:
+        pairs = val.get("gold_pairs_by_contrast", {})
+        text += (" By what tells the two answers apart: correctness (right against wrong fact or sum, refusal "
+                 f"against compliance) {contrast.get('correctness', float('nan')):.3f} of "
+                 f"{pairs.get('correctness', 0)} pairs, form alone (length, loops, cut-off) "
+                 f"{contrast.get('form', float('nan')):.3f} of {pairs.get('form', 0)}.")
+    if summary.get("reward_lm_weight"):
+        text += (f" The reward adds {summary['reward_lm_weight']:.3f} x the response's mean log-likelihood under "
+                 "the RM's own LM head (`likelihood_reward`).")
     report.section("Reward model", text)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from chatforge.data.chat import tokenize_chat
+from chatforge.data.chat import chat_prompt_ids, tokenize_chat
 from chatforge.errors import ChatforgeError
 from chatforge.models.io import check_model_dir, load_tokenizer, quiet_transformers
 
@@ -79,14 +79,18 @@ def score_head(model) -> torch.nn.Linear:
     return head
 
 
-def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The head applied at every position: (batch, seq). Values for the critic, rewards at the last token."""
+def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's last hidden states (final norm applied): (batch, seq, hidden)."""
     inner = _unwrapped(model)
     backbone = getattr(inner, inner.base_model_prefix)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left or right padding alike
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state  # (batch, seq, hidden)
-    return score_head(model)(hidden).squeeze(-1).float()
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False).last_hidden_state
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head applied at every position: (batch, seq). Values for the critic, rewards at the last token."""
+    return score_head(model)(hidden_states(model, input_ids, attention_mask)).squeeze(-1).float()
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -95,11 +99,60 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Reward of each sequence: the head at its last attended token, plus config.reward_bias. # (batch,)"""
-    values = token_values(model, input_ids, attention_mask)
-    last = values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
-    return last + float(getattr(_unwrapped(model).config, "reward_bias", 0.0) or 0.0)
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     response_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reward of each sequence: the head at its last attended token, plus config.reward_bias. # (batch,)
+
+    A model trained with a likelihood weight (config.reward_lm_weight, see head_and_logprobs) also adds that
+    weight times the mean log-likelihood of the response tokens, which response_mask (batch, seq) marks."""
+    weight = lm_weight(model)
+    if not weight:
+        head = last_token(token_values(model, input_ids, attention_mask), attention_mask)
+        return head + reward_bias(model)
+    if response_mask is None:
+        raise ChatforgeError("this reward model adds the response's likelihood (config.reward_lm_weight); "
+                             "sequence_rewards needs the response_mask")
+    head, logprobs = head_and_logprobs(model, input_ids, attention_mask)
+    return head + weight * response_likelihood(logprobs, response_mask) + reward_bias(model)
+
+
+def head_and_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the head at the last attended token (batch,), log p(token t+1 | tokens <= t) (batch, seq - 1)), one forward.
+
+    The log-probabilities come from the tied embedding matrix: the SFT model's own LM head, so a reward
+    that uses them can tell a likely answer (the fact the model knows) from an unlikely one."""
+    hidden = hidden_states(model, input_ids, attention_mask)  # (batch, seq, hidden)
+    head = last_token(score_head(model)(hidden).squeeze(-1).float(), attention_mask)
+    logits = (hidden[:, :-1] @ _unwrapped(model).get_input_embeddings().weight.T).float()  # (batch, seq - 1, vocab)
+    return head, torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def response_likelihood(logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability of the response tokens (response_mask 1, shape (batch, seq)) of each row. # (batch,)"""
+    mask = response_mask[:, 1:].to(logprobs.dtype)  # logprobs[:, t] is the probability of token t + 1
+    return (logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """values (batch, seq) read at each row's last attended position. # (batch,)"""
+    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+
+
+def reward_bias(model) -> float:
+    """config.reward_bias: the offset that centres the rewards of the training responses at 0."""
+    return float(getattr(_unwrapped(model).config, "reward_bias", 0.0) or 0.0)
+
+
+def lm_weight(model) -> float:
+    """config.reward_lm_weight: the learned weight of the response's mean log-likelihood in the reward (0 = none)."""
+    return float(getattr(_unwrapped(model).config, "reward_lm_weight", 0.0) or 0.0)
+
+
+def check_tied_embeddings(model, field: str) -> None:
+    """Refuse a field that needs the LM head when the model has none (only tied embeddings keep it)."""
+    if not getattr(_unwrapped(model).config, "tie_word_embeddings", False):
+        raise ChatforgeError(f"field '{field}' needs a model with tied input/output embeddings (a reward model "
+                             "keeps no separate LM head); turn it off for this model")
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +187,11 @@ class RewardJudge:
         rewards = []
         device = next(self.model.parameters()).device
         for start in range(0, len(prompts), self.batch_size):
-            sequences = [chat_ids(self.tokenizer, p, r) for p, r in
-                         zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])]
+            chunk = list(zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size]))
+            sequences = [chat_ids(self.tokenizer, p, r) for p, r in chunk]
             ids, mask = pad_right(sequences, self.tokenizer.pad_token_id, device)
-            rewards += sequence_rewards(self.model, ids, mask).tolist()
+            response_mask = mask.clone()
+            for row, (prompt, _) in enumerate(chunk):
+                response_mask[row, :len(chat_prompt_ids(self.tokenizer, prompt))] = 0
+            rewards += sequence_rewards(self.model, ids, mask, response_mask).tolist()
         return rewards

@@ -186,13 +186,15 @@ def rollout(actor, tokenizer, prompt_ids: list[list[int]], cfg: Config, seed: in
 
 
 def response_scores(cfg: Config, reward_model, judge, batch_prompts: list, texts: list[str], input_ids, attention_mask,
-                    device) -> torch.Tensor:
+                    prompt_width: int, device) -> torch.Tensor:
     """Raw score of each response, (batch,): the RM read at its last token, or the gold judge (reward_source gold)."""
     if cfg.reward_source == "gold":
         gold = judge([prompt for prompt, _ in batch_prompts], texts)
         return torch.tensor(gold, dtype=torch.float32, device=device)
+    response_mask = attention_mask.clone()
+    response_mask[:, :prompt_width] = 0  # an RM with a likelihood weight scores the response tokens' likelihood
     with on_device(reward_model, device, cfg.offload_frozen):
-        return sequence_rewards(reward_model, input_ids, attention_mask)
+        return sequence_rewards(reward_model, input_ids, attention_mask, response_mask)
 
 
 def trim(tensors: dict, rows: torch.Tensor) -> dict:
@@ -270,7 +272,7 @@ def run(cfg: Config) -> Path:
                                       dist.rank_seed(cfg.seed + 1), device)
         with torch.no_grad(), autocast(device, amp_dtype):
             scores = dist.all_gather(response_scores(cfg, reward_model, judge, first_prompts, result.texts,
-                                                     *join_rollout(tensors)[:2], device))  # every rank's
+                                                     *join_rollout(tensors), device))  # every rank's
         state["reward_mean"], state["reward_std"] = scores.mean().item(), max(scores.std().item(), 1e-6)
     ptx_batches = None
     if cfg.ptx_coef > 0:
@@ -303,7 +305,7 @@ def run(cfg: Config) -> Path:
                 ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
             old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
             raw_scores = response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids,
-                                         attention_mask, device)
+                                         attention_mask, prompt_width, device)
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
         scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
         scores = scores - cfg.missing_eos_penalty * (1.0 - finished)

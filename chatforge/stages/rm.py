@@ -21,7 +21,6 @@ import random
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +37,8 @@ from chatforge.guards import NonFiniteGuard
 from chatforge.losses import pairwise_accuracy, ranking_loss
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_tokenizer, save_hf_folder
-from chatforge.models.reward import build_reward_model, chat_ids, load_reward_model, pad_right, sequence_rewards
+from chatforge.models.reward import (build_reward_model, chat_ids, check_tied_embeddings, head_and_logprobs,
+                                     lm_weight, load_reward_model, pad_right, response_likelihood, sequence_rewards)
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -62,6 +62,13 @@ class Config:
     weight_decay: float = opt(0.0, "AdamW weight decay on matrices")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     margin: float = opt(0.0, "margin in the ranking loss: log sigmoid(r_w - r_l - margin)")
+    likelihood_reward: bool = opt(False, "add w x the response's mean log-likelihood under the model's own LM head "
+                                         "(tied embeddings) to the reward, w learned with the head: the SFT model's "
+                                         "knowledge (a wrong fact is unlikely) becomes part of the reward")
+    likelihood_learning_rate: float = opt(0.01, "peak learning rate of that weight w (one scalar: it needs a "
+                                                "larger step than the network's weights to reach its value)")
+    lm_coef: float = opt(0.0, "weight of the LM loss on each comparison's best response, through the tied "
+                              "embeddings (keeps the SFT model's knowledge in the backbone; 0 = off)")
     freeze_layers: int = opt(0, "freeze the embeddings and this many lowest layers")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); the saved model has the adapters merged")
     lora_alpha: float = opt(16.0, "LoRA alpha")
@@ -98,6 +105,7 @@ class EncodedComparison:
 
     sequences: list[list[int]]
     comparison: Comparison
+    prompt_len: int = 0  # tokens before the response in every sequence (prompt + assistant header)
 
 
 def encode_comparisons(comparisons, tokenizer, max_len: int, too_long: str, stats) -> list[EncodedComparison]:
@@ -110,18 +118,37 @@ def encode_comparisons(comparisons, tokenizer, max_len: int, too_long: str, stat
         if not stats.count_fit(fit):
             continue
         cut = prompt_len - fit.prompt_keep  # the same prompt tokens go from every response's sequence
-        encoded.append(EncodedComparison([s[cut:] for s in sequences], comparison))
+        encoded.append(EncodedComparison([s[cut:] for s in sequences], comparison, fit.prompt_keep))
     return encoded
 
 
-def batch_rewards(rewards_of, batch: list[EncodedComparison], pad_id: int, device, amp_dtype) -> torch.Tensor:
-    """Rewards of every response of every comparison in the batch, flattened in order. # (sum of K,)
+def batch_tensors(batch: list[EncodedComparison], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, response_mask) of every response of every comparison, flattened in order,
+    each (sum of K, longest); response_mask is 1 on the response tokens (its end-of-turn included)."""
+    ids, mask = pad_right([s for item in batch for s in item.sequences], pad_id, device)
+    response_mask, row = mask.clone(), 0
+    for item in batch:
+        response_mask[row:row + len(item.sequences), :item.prompt_len] = 0
+        row += len(item.sequences)
+    return ids, mask, response_mask
 
-    rewards_of(input_ids, attention_mask): sequence_rewards bound to the model, or its DDP wrapper (dist.wrap)."""
-    sequences = [s for item in batch for s in item.sequences]
-    ids, mask = pad_right(sequences, pad_id, device)
+
+def batch_rewards(forward, batch: list[EncodedComparison], pad_id: int, device, amp_dtype,
+                  likelihood_weight: torch.Tensor | None = None, lm_loss: bool = False):
+    """(rewards of every response in the batch (sum of K,), LM loss on each comparison's best response or None).
+
+    forward: sequence_rewards bound to the model (or its DDP wrapper, dist.wrap) when neither the likelihood
+    weight nor the LM loss is used, else head_and_logprobs bound the same way."""
+    ids, mask, response_mask = batch_tensors(batch, pad_id, device)
     with autocast(device, amp_dtype):
-        return rewards_of(ids, mask)
+        if likelihood_weight is None and not lm_loss:
+            return forward(ids, mask), None
+        rewards, logprobs = forward(ids, mask)
+    likelihood = response_likelihood(logprobs, response_mask)  # (sum of K,)
+    if likelihood_weight is not None:
+        rewards = rewards + likelihood_weight * likelihood
+    best_rows = torch.tensor([0] + [len(item.sequences) for item in batch[:-1]], device=device).cumsum(0)
+    return rewards, -likelihood[best_rows].mean() if lm_loss else None
 
 
 @torch.no_grad()
@@ -130,11 +157,13 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
     """Pairwise accuracy overall, per K and per labeler; reward mean/std; agreement with the gold scorer."""
     model.eval()
     correct, total = 0, 0
-    by_k, by_labeler, by_kind = (defaultdict(lambda: [0, 0]) for _ in range(3))
+    by_k, by_labeler, by_kind, by_contrast = (defaultdict(lambda: [0, 0]) for _ in range(4))
     all_rewards, gold_agree, gold_pairs, gold_as_rm = [], 0, 0, 0.0
     for start in range(0, len(items), batch_prompts):
         batch = items[start:start + batch_prompts]
-        rewards = batch_rewards(partial(sequence_rewards, model), batch, pad_id, device, amp_dtype)
+        ids, mask, response_mask = batch_tensors(batch, pad_id, device)
+        with autocast(device, amp_dtype):
+            rewards = sequence_rewards(model, ids, mask, response_mask)
         offset = 0
         for item in batch:
             k = len(item.sequences)
@@ -157,8 +186,12 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
                             agree = (gold[i] > gold[j]) == (group[i] > group[j]).item()
                             gold_pairs += 1
                             gold_agree += agree
-                            by_kind[judged[i]["kind"]][0] += agree
-                            by_kind[judged[i]["kind"]][1] += 1
+                            # "correctness": the two answers differ in what they do (right vs wrong fact,
+                            # refusal vs compliance); "form": same verdict, they differ in length, loops, cut-off
+                            contrast = "form" if judged[i]["verdict"] == judged[j]["verdict"] else "correctness"
+                            for bucket in (by_kind[judged[i]["kind"]], by_contrast[contrast]):
+                                bucket[0] += agree
+                                bucket[1] += 1
     model.train()
     result = {"accuracy": correct / max(total, 1), "pairs": total,
               "accuracy_by_k": {str(k): v[0] / v[1] for k, v in sorted(by_k.items())},
@@ -169,7 +202,15 @@ def evaluate(model, items: list[EncodedComparison], pad_id: int, device, amp_dty
         result["gold_agreement"] = gold_agree / max(gold_pairs, 1)
         result["gold_ceiling"] = gold_as_rm / max(total, 1)
         result["gold_agreement_by_kind"] = {kind: v[0] / v[1] for kind, v in sorted(by_kind.items())}
+        result["gold_agreement_by_contrast"] = {name: v[0] / v[1] for name, v in sorted(by_contrast.items())}
+        result["gold_pairs_by_contrast"] = {name: v[1] for name, v in sorted(by_contrast.items())}
     return result
+
+
+def store_likelihood_weight(model, likelihood_weight: torch.Tensor | None) -> None:
+    """Write the learned likelihood weight into the model's config (reward_lm_weight), where the reward reads it."""
+    if likelihood_weight is not None:
+        model.config.reward_lm_weight = round(likelihood_weight.item(), 6)
 
 
 def run(cfg: Config) -> Path:
@@ -186,7 +227,17 @@ def run(cfg: Config) -> Path:
     model.to(device).train()
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    trained = dist.wrap(model, forward=sequence_rewards)  # rewards_of(ids, mask); DDP under torchrun
+    uses_lm = cfg.likelihood_reward or cfg.lm_coef > 0
+    for field in ("likelihood_reward", "lm_coef"):
+        if getattr(cfg, field):
+            check_tied_embeddings(model, field)
+    # the forward trained through (DDP under torchrun): rewards, or (head, token logprobs) when the LM is used
+    trained = dist.wrap(model, forward=head_and_logprobs if uses_lm else sequence_rewards)
+    # the likelihood weight lives in config.json (reward_lm_weight, read by sequence_rewards); a resumed run
+    # finds the value it had reached there
+    likelihood_weight = None
+    if cfg.likelihood_reward:
+        likelihood_weight = torch.tensor(lm_weight(model), device=device, requires_grad=True)
 
     comparisons, stats = read_comparisons(cfg.train_data)
     held_out = [c for c in comparisons if c.labeler in cfg.holdout_labelers]
@@ -207,6 +258,9 @@ def run(cfg: Config) -> Path:
     steps_per_epoch = math.ceil(len(train) / cfg.batch_prompts)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    if likelihood_weight is not None:
+        optimizer.add_param_group({"params": [likelihood_weight], "lr": cfg.likelihood_learning_rate,
+                                   "weight_decay": 0.0})
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, int(cfg.warmup_ratio * total_steps)), total_steps, cfg.min_lr_ratio))
     # epoch_rows: comparisons of the current epoch already consumed, the data position of a mid-epoch resume
@@ -234,9 +288,15 @@ def run(cfg: Config) -> Path:
             # gradient the one of the mean over all of them
             batch, weight = dist.share([train[i] for i in order[first:first + cfg.batch_prompts]])
             sizes = [len(item.sequences) for item in batch]
-            rewards = batch_rewards(trained, batch, pad_id, device, amp_dtype)
-            loss = ranking_loss(rewards, sizes, cfg.margin) * weight
+            rewards, lm_loss = batch_rewards(trained, batch, pad_id, device, amp_dtype, likelihood_weight,
+                                             cfg.lm_coef > 0)
+            loss = ranking_loss(rewards, sizes, cfg.margin)
+            if lm_loss is not None:
+                loss = loss + cfg.lm_coef * lm_loss
+            loss = loss * weight
             loss.backward()
+            if likelihood_weight is not None:  # outside the model, so DDP does not average its gradient
+                likelihood_weight.grad = dist.all_reduce_mean(likelihood_weight.grad)
             loss = dist.all_reduce_mean(loss.detach())  # the whole batch's loss, the same on every rank
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not guard.step_ok(state["step"], loss.item(), grad_norm):
@@ -254,9 +314,11 @@ def run(cfg: Config) -> Path:
                                   "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
                 progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ok / n:.2f}")
             if cfg.save_every and step % cfg.save_every == 0 and state["epoch_rows"] < len(order):
+                store_likelihood_weight(model, likelihood_weight)
                 dist.on_main(save_checkpoint, out_dir, step, plain_model(model), tokenizer, stateful,
                              {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,
                              rng_states=gather_rng_states())
+        store_likelihood_weight(model, likelihood_weight)
         if val:
             result = evaluate(model, val, pad_id, device, amp_dtype, cfg.batch_prompts)
             logger.log(state["step"], {"val/accuracy": result["accuracy"]})
@@ -282,7 +344,7 @@ def run(cfg: Config) -> Path:
         from chatforge.world.gold import GoldScorer
 
         scorer = GoldScorer.from_dir(cfg.gold_world)
-    summary = {"train_comparisons": len(train), "reward_bias": -mean_reward,
+    summary = {"train_comparisons": len(train), "reward_bias": -mean_reward, "reward_lm_weight": lm_weight(base),
                "val": evaluate(base, val, pad_id, device, amp_dtype, cfg.batch_prompts, scorer) if val else None,
                "train": train_result}
     if val:

@@ -75,3 +75,77 @@ def test_not_a_reward_model_is_refused(tiny_world_base, tmp_path, capsys):
     bad.write_text('{"prompt": "hi", "responses": ["only one"]}\n')
     assert main(["rm", f"model={base}", f"train_data=[{bad}]", f"out_dir={tmp_path / 'o'}"]) == 2
     assert "k1.jsonl:1" in capsys.readouterr().err
+
+
+def test_likelihood_reward_adds_the_weighted_mean_logprob_of_the_response(tiny_world_base):
+    """reward = head at the last token + w * mean log p(response token) under the tied LM head + bias,
+    checked against the causal LM the reward model was built from; padding changes nothing."""
+    from chatforge.models.io import load_causal_lm
+    from chatforge.models.reward import build_reward_model, pad_right, sequence_rewards
+
+    _, base = tiny_world_base
+    model = build_reward_model(base, pad_token_id=1).eval()
+    torch.nn.init.normal_(model.score.weight)
+    model.config.reward_lm_weight, model.config.reward_bias = 0.5, -0.25
+    lm = load_causal_lm(base).eval()
+    short, long = [5, 6, 7, 8], [5, 6, 7, 8, 9, 10]
+    ids, mask = pad_right([short, long], 1)
+    response = mask.clone()
+    response[:, :2] = 0  # tokens 0-1 are the prompt
+    with torch.no_grad():
+        rewards = sequence_rewards(model, ids, mask, response)
+        alone = sequence_rewards(model, *pad_right([short], 1), response[:1, :4])
+        model.config.reward_lm_weight = 0.0
+        heads = sequence_rewards(model, ids, mask) + 0.25
+        for row, seq in enumerate((short, long)):
+            logp = torch.log_softmax(lm(torch.tensor([seq])).logits[0, :-1], -1)
+            mean_logp = torch.stack([logp[t - 1, seq[t]] for t in range(2, len(seq))]).mean()
+            torch.testing.assert_close(rewards[row], heads[row] + 0.5 * mean_logp - 0.25, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(alone[0], rewards[0], atol=1e-5, rtol=1e-5)
+
+
+def test_likelihood_reward_needs_the_response_mask(tiny_world_base):
+    from chatforge.models.reward import build_reward_model, pad_right, sequence_rewards
+
+    _, base = tiny_world_base
+    model = build_reward_model(base, pad_token_id=1).eval()
+    model.config.reward_lm_weight = 1.0
+    with pytest.raises(ChatforgeError, match="response_mask"):
+        sequence_rewards(model, *pad_right([[5, 6, 7]], 1))
+
+
+def test_rm_learns_a_likelihood_weight(tiny_world_base, comparison_files, tmp_path):
+    """likelihood_reward learns w (saved as reward_lm_weight); the RM's judge and the bias use it."""
+    from chatforge.models.reward import RewardJudge
+
+    world_dir, base = tiny_world_base
+    train, val = comparison_files
+    cfg = rm.Config(model=str(base), train_data=[str(train)], val_data=[str(val)], out_dir=str(tmp_path / "rm"),
+                    epochs=2, batch_prompts=8, learning_rate=3e-3, likelihood_reward=True, lm_coef=1.0,
+                    likelihood_learning_rate=0.05, tensorboard=False)
+    final = rm.run(cfg)
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    weight = load_reward_model(final).config.reward_lm_weight
+    assert weight != 0.0  # moved from its start at 0
+    assert abs(summary["train"]["reward_mean"]) < 1e-3  # the bias is set with the weight in the reward
+    records = [json.loads(line) for line in train.read_text().splitlines()[:4]]
+    judge = RewardJudge(final)
+    scores = judge([r["prompt"] for r in records], [r["responses"][0] for r in records])
+    assert len(scores) == 4 and all(s == s for s in scores)  # finite, not nan
+
+
+def test_likelihood_reward_refuses_untied_embeddings(tiny_world_base, comparison_files, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _, base = tiny_world_base
+    untied = AutoModelForCausalLM.from_pretrained(base)
+    untied.config.tie_word_embeddings = False
+    untied.save_pretrained(tmp_path / "untied")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (base / name).exists():
+            (tmp_path / "untied" / name).write_bytes((base / name).read_bytes())
+    train, _ = comparison_files
+    cfg = rm.Config(model=str(tmp_path / "untied"), train_data=[str(train)], out_dir=str(tmp_path / "rm"),
+                    likelihood_reward=True, tensorboard=False)
+    with pytest.raises(ChatforgeError, match="likelihood_reward"):
+        rm.run(cfg)
