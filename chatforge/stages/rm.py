@@ -310,8 +310,13 @@ def run(cfg: Config) -> Path:
             progress.update(1)
             if step % cfg.log_every == 0:
                 ok, n = dist.all_reduce_sum(pairwise_accuracy(rewards.detach(), sizes) if weight else (0, 0))
-                logger.log(step, {"train/loss": loss.item(), "train/accuracy": ok / n,
-                                  "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)})
+                metrics = {"train/loss": loss.item(), "train/accuracy": ok / n,
+                           "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)}
+                if lm_loss is not None:
+                    metrics["train/lm_loss"] = dist.all_reduce_mean(lm_loss.detach()).item()
+                if likelihood_weight is not None:
+                    metrics["train/likelihood_weight"] = likelihood_weight.item()
+                logger.log(step, metrics)
                 progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ok / n:.2f}")
             if cfg.save_every and step % cfg.save_every == 0 and state["epoch_rows"] < len(order):
                 store_likelihood_weight(model, likelihood_weight)
