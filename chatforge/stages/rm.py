@@ -64,8 +64,9 @@ class Config:
     margin: float = opt(0.0, "margin in the ranking loss: log sigmoid(r_w - r_l - margin)")
     likelihood_reward: bool = opt(False, "add w x the response's mean log-likelihood under the model's own LM head "
                                          "(tied embeddings) to the reward, w learned with the head: the SFT model's "
-                                         "knowledge (a wrong fact is unlikely) becomes part of the reward")
-    likelihood_learning_rate: float = opt(0.01, "peak learning rate of that weight w (one scalar: it needs a "
+                                         "knowledge (a wrong fact is unlikely) becomes part of the reward; use it "
+                                         "with lm_coef > 0, which keeps that LM head a language model")
+    likelihood_learning_rate: float = opt(0.05, "peak learning rate of that weight w (one scalar: it needs a "
                                                 "larger step than the network's weights to reach its value)")
     lm_coef: float = opt(0.0, "weight of the LM loss on each comparison's best response, through the tied "
                               "embeddings (keeps the SFT model's knowledge in the backbone; 0 = off)")
