@@ -4,7 +4,9 @@ Saved as an ordinary `AutoModelForSequenceClassification` folder with one label.
 head at the LAST ATTENDED token of each sequence (found from the attention mask, so it does not
 depend on the pad token differing from EOS) and adds `config.reward_bias`, the offset set after
 training so that rewards of SFT samples have mean 0. (transformers' own pooled logits ignore the bias.)
-The same backbone + head gives per-token values for the PPO critic.
+The same backbone + head gives per-token values for the PPO critic. A model trained with
+`likelihood_reward` also has `config.reward_lm_weight` (w): its reward adds w x the mean log-likelihood
+of the response tokens under the tied embedding matrix (the LM head), so callers give the response mask.
 """
 
 from __future__ import annotations

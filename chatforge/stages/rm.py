@@ -4,11 +4,14 @@ The SFT model's unembedding is replaced by a scalar head read at the last token.
 a prompt go in one batch, so each response is scored once per step (InstructGPT's trick against
 overfitting to repeated responses), with the loss -1/C(K,2) * E[log sigmoid(r_w - r_l - margin)].
 After training, `config.reward_bias` is set so the rewards of the training responses (samples of the
-SFT policy in the InstructGPT recipe) have mean 0.
+SFT policy in the InstructGPT recipe) have mean 0. With `likelihood_reward` the reward also counts
+w x the response's mean log-likelihood under the model's own (tied) LM head, w learned with the head,
+and `lm_coef` adds the LM loss on each comparison's best response, which keeps that head a language model.
 
     out_dir/final/          the reward model (AutoModelForSequenceClassification, one label)
     out_dir/summary.json    pairwise accuracy (overall, per K, per labeler), reward mean/std, gold agreement
-    out_dir/metrics.jsonl   loss, accuracy, lr per step
+                            (per prompt kind, and on pairs that differ in correctness vs in form only)
+    out_dir/metrics.jsonl   loss, accuracy, lr per step (and lm_loss, the likelihood weight)
     out_dir/checkpoints/    resume points (each epoch's end, and every save_every steps; with LoRA the
                             merged weights, so a resumed LoRA run starts fresh adapters on them)
 """
