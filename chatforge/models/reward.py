@@ -105,7 +105,7 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
                      response_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reward of each sequence: the head at its last attended token, plus config.reward_bias. # (batch,)
 
-    A model trained with a likelihood weight (config.reward_lm_weight, see head_and_logprobs) also adds that
+    A model trained with a likelihood weight (config.reward_lm_weight, see head_and_likelihood) also adds that
     weight times the mean log-likelihood of the response tokens, which response_mask (batch, seq) marks."""
     weight = lm_weight(model)
     if not weight:
@@ -114,25 +114,25 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     if response_mask is None:
         raise ChatforgeError("this reward model adds the response's likelihood (config.reward_lm_weight); "
                              "sequence_rewards needs the response_mask")
-    head, logprobs = head_and_logprobs(model, input_ids, attention_mask)
-    return head + weight * response_likelihood(logprobs, response_mask) + reward_bias(model)
+    head, likelihood = head_and_likelihood(model, input_ids, attention_mask, response_mask)
+    return head + weight * likelihood + reward_bias(model)
 
 
-def head_and_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the head at the last attended token (batch,), log p(token t+1 | tokens <= t) (batch, seq - 1)), one forward.
+def head_and_likelihood(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the head at the last attended token, the mean log p of the response tokens), both (batch,), one forward.
 
-    The log-probabilities come from the tied embedding matrix: the SFT model's own LM head, so a reward
-    that uses them can tell a likely answer (the fact the model knows) from an unlikely one."""
+    The log-probabilities come from the tied embedding matrix: the SFT model's own LM head, so a reward that
+    uses them can tell a likely answer (the fact the model knows) from an unlikely one. Logits are formed only
+    at the positions that predict a response token (response_mask is 1 there), not over the whole sequence."""
     hidden = hidden_states(model, input_ids, attention_mask)  # (batch, seq, hidden)
     head = last_token(score_head(model)(hidden).squeeze(-1).float(), attention_mask)
-    logits = (hidden[:, :-1] @ _unwrapped(model).get_input_embeddings().weight.T).float()  # (batch, seq - 1, vocab)
-    return head, torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-
-
-def response_likelihood(logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability of the response tokens (response_mask 1, shape (batch, seq)) of each row. # (batch,)"""
-    mask = response_mask[:, 1:].to(logprobs.dtype)  # logprobs[:, t] is the probability of token t + 1
-    return (logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)
+    predicts = response_mask[:, 1:].bool()  # position t predicts token t + 1
+    logits = (hidden[:, :-1][predicts] @ _unwrapped(model).get_input_embeddings().weight.T).float()  # (n, vocab)
+    token_logprobs = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:][predicts][:, None]).squeeze(-1)
+    rows = predicts.nonzero()[:, 0]  # the row of each response token
+    totals = torch.zeros(len(input_ids), device=hidden.device).index_add(0, rows, token_logprobs)
+    return head, totals / predicts.sum(1).clamp(min=1)
 
 
 def last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

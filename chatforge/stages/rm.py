@@ -40,8 +40,8 @@ from chatforge.guards import NonFiniteGuard
 from chatforge.losses import pairwise_accuracy, ranking_loss
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_tokenizer, save_hf_folder
-from chatforge.models.reward import (build_reward_model, chat_ids, check_tied_embeddings, head_and_logprobs,
-                                     lm_weight, load_reward_model, pad_right, response_likelihood, sequence_rewards)
+from chatforge.models.reward import (build_reward_model, chat_ids, check_tied_embeddings, head_and_likelihood,
+                                     lm_weight, load_reward_model, pad_right, sequence_rewards)
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -142,13 +142,12 @@ def batch_rewards(forward, batch: list[EncodedComparison], pad_id: int, device, 
     """(rewards of every response in the batch (sum of K,), LM loss on each comparison's best response or None).
 
     forward: sequence_rewards bound to the model (or its DDP wrapper, dist.wrap) when neither the likelihood
-    weight nor the LM loss is used, else head_and_logprobs bound the same way."""
+    weight nor the LM loss is used, else head_and_likelihood bound the same way."""
     ids, mask, response_mask = batch_tensors(batch, pad_id, device)
     with autocast(device, amp_dtype):
         if likelihood_weight is None and not lm_loss:
             return forward(ids, mask), None
-        rewards, logprobs = forward(ids, mask)
-    likelihood = response_likelihood(logprobs, response_mask)  # (sum of K,)
+        rewards, likelihood = forward(ids, mask, response_mask)  # (sum of K,) each
     if likelihood_weight is not None:
         rewards = rewards + likelihood_weight * likelihood
     best_rows = torch.tensor([0] + [len(item.sequences) for item in batch[:-1]], device=device).cumsum(0)
@@ -235,8 +234,8 @@ def run(cfg: Config) -> Path:
     for field in ("likelihood_reward", "lm_coef"):
         if getattr(cfg, field):
             check_tied_embeddings(model, field)
-    # the forward trained through (DDP under torchrun): rewards, or (head, token logprobs) when the LM is used
-    trained = dist.wrap(model, forward=head_and_logprobs if uses_lm else sequence_rewards)
+    # the forward trained through (DDP under torchrun): rewards, or (head, response likelihood) when the LM is used
+    trained = dist.wrap(model, forward=head_and_likelihood if uses_lm else sequence_rewards)
     # the likelihood weight lives in config.json (reward_lm_weight, read by sequence_rewards); a resumed run
     # finds the value it had reached there
     likelihood_weight = None
