@@ -192,8 +192,10 @@ class RewardJudge:
             chunk = list(zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size]))
             sequences = [chat_ids(self.tokenizer, p, r) for p, r in chunk]
             ids, mask = pad_right(sequences, self.tokenizer.pad_token_id, device)
-            response_mask = mask.clone()
-            for row, (prompt, _) in enumerate(chunk):
-                response_mask[row, :len(chat_prompt_ids(self.tokenizer, prompt))] = 0
+            response_mask = None
+            if lm_weight(self.model):  # only a likelihood reward needs to know where the response starts
+                response_mask = mask.clone()
+                for row, (prompt, _) in enumerate(chunk):
+                    response_mask[row, :len(chat_prompt_ids(self.tokenizer, prompt))] = 0
             rewards += sequence_rewards(self.model, ids, mask, response_mask).tolist()
         return rewards
