@@ -63,7 +63,7 @@ class Config:
     comparison_val_share: float = opt(0.15, "share of the comparisons held out for RM accuracy")
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
     weak_kl_coef: float = opt(0.05, "beta of a third, plain PPO run that shows reward over-optimization (0 = skip)")
-    weak_kl_steps: int = opt(60, "steps of that run")
+    weak_kl_steps: int = opt(40, "steps of that run")
     oracle_run: bool = opt(False, "also run plain PPO with the gold judge as its reward (reward_source gold): the "
                                   "most this PPO reaches with a perfect RM, so the gap to the RM runs is the RM's "
                                   "(about 2 more minutes)")
