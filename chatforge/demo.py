@@ -2,8 +2,9 @@
 
     world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
     simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT,
-    plus plain PPO with a weak KL penalty whose curves show reward over-optimization, and with
-    oracle_run plain PPO against the gold judge instead of the RM (what a perfect RM would give)
+    plus, when asked for, plain PPO with a weak KL penalty (weak_kl_coef > 0), whose curves look for reward
+    over-optimization, and plain PPO against the gold judge instead of the RM (oracle_run: what a perfect RM
+    would give)
 
 Each stage reads its own YAML config (named below) and the demo fills in the paths that chain the
 stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
@@ -62,7 +63,8 @@ class Config:
     comparison_temperature: float = opt(1.0, "sampling temperature of the SFT samples")
     comparison_val_share: float = opt(0.15, "share of the comparisons held out for RM accuracy")
     labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
-    weak_kl_coef: float = opt(0.05, "beta of a third, plain PPO run that shows reward over-optimization (0 = skip)")
+    weak_kl_coef: float = opt(0.0, "> 0, e.g. 0.05: also run plain PPO at this beta, whose curves look for reward "
+                                   "over-optimization (about 2 more minutes; 0 = skip)")
     weak_kl_steps: int = opt(40, "steps of that run")
     oracle_run: bool = opt(False, "also run plain PPO with the gold judge as its reward (reward_source gold): the "
                                   "most this PPO reaches with a perfect RM, so the gap to the RM runs is the RM's "

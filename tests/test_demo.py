@@ -23,7 +23,7 @@ def test_demo_end_to_end(tmp_path, capsys):
                  "pretrain.seq_len=128", "sft.epochs=2", "sft.max_len=128", "rm.max_len=128", "eval_prompts=20",
                  "select_prompts=20", "comparison_prompts=60", "ppo.steps=3", "ppo.rollout_batch=8",
                  "ppo.minibatch_size=4", "ppo.ptx_seq_len=64", "eval.samples_per_prompt=1", "eval.ppl_tokens=1024",
-                 "best_of_n=2", "weak_kl_steps=3", "oracle_run=true"])
+                 "best_of_n=2", "weak_kl_coef=0.05", "weak_kl_steps=3", "oracle_run=true"])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((run_dir / "report.json").read_text())
