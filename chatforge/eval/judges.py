@@ -20,6 +20,12 @@ class GoldJudge:
     def __call__(self, prompts: list, responses: list[str]) -> list[float]:
         return self.scorer.score_batch(prompts, responses)
 
+    def judgements(self, prompts: list, responses: list[str]) -> list[dict]:
+        """The gold scorer's full judgement of each response: kind, verdict, score, failures, ..."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"judgements: {len(prompts)} prompts but {len(responses)} responses")
+        return [self.scorer.judge(prompt, response) for prompt, response in zip(prompts, responses)]
+
 
 def load_judge(gold_world: str = "", reward_model: str = "", device=None):
     """The gold judge when a world folder is given, else a reward-model judge, else None."""

@@ -5,11 +5,16 @@ judged against sample j of prompt i of the baseline, by the gold scorer of the b
 reward model. Also per model: KL to the reference on its own samples (summed over response tokens),
 perplexity on held-out pretraining text (the "alignment tax"), response length and EOS rate. With
 best_of_n, InstructGPT's cheap baseline joins: n samples of the baseline, the reward model picks one.
+With the gold judge, each model's answers are also broken down by failure dimension (hallucination,
+harmful compliance, over-refusal, ...) and by prompt kind, and 95% intervals come from a bootstrap over
+prompts (paired for win rates).
 
     out_dir/eval.json       per model ("model", "baseline", "best_of_n"): gold_score, reward_mean,
-                            kl_to_reference, ppl, response_length, eos_rate; winrate_gold / winrate_rm
-                            of the model against the baseline (and winrate_*_vs_best_of_n)
-    out_dir/samples.jsonl   per prompt and sample: the answers and their scores
+                            kl_to_reference, ppl, response_length, eos_rate, gold_score_ci95, and
+                            "dimensions": {"failure_rates": {dimension: {"rate", "n"}},
+                            "gold_score_by_kind": {kind: {"score", "n"}}}; winrate_gold / winrate_rm of
+                            the model against the baseline (and winrate_*_vs_best_of_n), each with _ci95
+    out_dir/samples.jsonl   per prompt and sample: the answers, their scores and failed dimensions
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from chatforge.config import opt, require_positive, save_config
 from chatforge.data.corpus import corpus_files
 from chatforge.data.formats import read_prompts
 from chatforge.errors import ChatforgeError
+from chatforge.eval.bootstrap import mean_interval, win_rate_interval
 from chatforge.eval.compare import (best_indices, heldout_perplexity, kl_to_reference, mean, repeat_each,
                                     response_stats, sample_answers, take, win_rate)
+from chatforge.eval.dimensions import dimensions_block, rates_only
 from chatforge.eval.judges import GoldJudge
 from chatforge.generation import SamplingParams
 from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer
@@ -50,7 +57,8 @@ class Config:
     ppl_tokens: int = opt(65536, "held-out tokens the perplexity is computed on")
     best_of_n: int = opt(0, "also score best-of-n: n baseline samples, the reward model picks one (0 = off)")
     out_dir: str = opt("runs/eval", "folder for eval.json and samples.jsonl")
-    seed: int = opt(0, "sampling seed")
+    seed: int = opt(0, "sampling seed (and the bootstrap's)")
+    ci_resamples: int = opt(2000, "prompt resamples of the bootstrap behind the 95% intervals (0 = no intervals)")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, ...")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
 
@@ -76,8 +84,9 @@ class Config:
         if self.ppl_corpus:
             corpus_files(self.ppl_corpus)
         require_positive(self, "eval", ("samples_per_prompt", "max_new_tokens", "ppl_tokens"))
-        if self.max_prompts < 0 or self.temperature < 0 or self.best_of_n < 0:
-            raise ChatforgeError("eval: fields 'max_prompts', 'temperature' and 'best_of_n' must be >= 0")
+        if self.max_prompts < 0 or self.temperature < 0 or self.best_of_n < 0 or self.ci_resamples < 0:
+            raise ChatforgeError("eval: fields 'max_prompts', 'temperature', 'best_of_n' and 'ci_resamples' "
+                                 "must be >= 0")
         if self.best_of_n and not self.reward_model:
             raise ChatforgeError("eval: field 'best_of_n' needs 'reward_model' (it picks the best of n samples)")
         if self.best_of_n and not self.baseline:
@@ -89,46 +98,86 @@ def same_folder(a: str, b: str) -> bool:
     return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
 
 
-def policy_numbers(model, prompts: list, result, judges: dict, reference, temperature: float) -> tuple[dict, dict]:
-    """(numbers, per-sample scores by judge name) of one model's samples `result` for the prompt-major `prompts`."""
-    scores = {name: judge(prompts, result.texts) for name, judge in judges.items()}
+def judge_samples(prompts: list, texts: list[str], judges: dict) -> tuple[dict, list[dict] | None]:
+    """(per-sample scores by judge name, the gold judge's full judgements or None without it)."""
+    scores, judgements = {}, None
+    for name, judge in judges.items():
+        if name == "gold":
+            judgements = judge.judgements(prompts, texts)
+            scores[name] = [judgement["score"] for judgement in judgements]
+        else:
+            scores[name] = judge(prompts, texts)
+    return scores, judgements
+
+
+def policy_numbers(model, prompts: list, result, judges: dict, reference,
+                   temperature: float) -> tuple[dict, dict, list[dict] | None]:
+    """(numbers, per-sample scores by judge name, gold judgements) of one model's samples `result` for the
+    prompt-major `prompts`."""
+    scores, judgements = judge_samples(prompts, result.texts, judges)
     numbers = {"gold_score": mean(scores["gold"]) if "gold" in scores else None,
                "reward_mean": mean(scores["reward"]) if "reward" in scores else None,
                "kl_to_reference": (kl_to_reference(model, reference, result, temperature)
                                    if reference is not None else None)}
-    return {**numbers, **response_stats(result)}, scores
+    return {**numbers, **response_stats(result)}, scores, judgements
 
 
-def win_rates(scores_a: dict, scores_b: dict, suffix: str = "") -> dict:
-    """winrate_gold / winrate_rm of a against b, for the judges both were scored by."""
-    return {f"winrate_{short}{suffix}": win_rate(scores_a[name], scores_b[name])
-            for name, short in (("gold", "gold"), ("reward", "rm")) if name in scores_a}
+def gold_details(scores: dict, judgements: list[dict] | None, n: int, resamples: int, seed: int) -> dict:
+    """gold_score_ci95 (bootstrap over prompts, n samples each) and the dimensions block; {} without gold."""
+    if judgements is None:
+        return {}
+    return {"gold_score_ci95": mean_interval(scores["gold"], n, resamples, seed),
+            "dimensions": dimensions_block(judgements)}
 
 
-def add_scores(samples: list[dict], who: str, scores: dict) -> None:
-    """Put each judge's score of `who`'s answer into every sample record (key WHO_JUDGE)."""
+def win_rates(scores_a: dict, scores_b: dict, suffix: str = "", n: int = 1, resamples: int = 0,
+              seed: int = 0) -> dict:
+    """winrate_gold / winrate_rm of a against b, for the judges both were scored by, each with its paired
+    bootstrap interval over prompts (winrate_*_ci95; n samples a prompt) when resamples > 0."""
+    rates = {}
+    for name, short in (("gold", "gold"), ("reward", "rm")):
+        if name in scores_a:
+            rates[f"winrate_{short}{suffix}"] = win_rate(scores_a[name], scores_b[name])
+            if resamples:
+                rates[f"winrate_{short}{suffix}_ci95"] = win_rate_interval(scores_a[name], scores_b[name], n,
+                                                                           resamples, seed)
+    return rates
+
+
+def add_scores(samples: list[dict], who: str, scores: dict, judgements: list[dict] | None = None) -> None:
+    """Put each judge's score of `who`'s answer into every sample record (key WHO_JUDGE), and the
+    dimensions the answer fails (WHO_failures) when the gold judge saw it."""
     for name, values in scores.items():
         for sample, value in zip(samples, values):
             sample[f"{who}_{name}"] = value
+    for sample, judgement in zip(samples, judgements or []):
+        sample[f"{who}_failures"] = [name for name, failed in judgement["failures"].items() if failed]
 
 
 def print_table(report: dict, columns: list[str]) -> None:
-    """The numbers of each model side by side, then the win rates."""
+    """The numbers and failure rates of each model side by side, then the win rates with their intervals."""
     def shown(value):
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
-    print(f"{'':<18}" + "".join(f"{name:>12}" for name in columns))
+    print(f"{'':<26}" + "".join(f"{name:>12}" for name in columns))
     for metric in METRICS:
-        print(f"{metric:<18}" + "".join(f"{shown(report[name][metric]):>12}" for name in columns))
+        print(f"{metric:<26}" + "".join(f"{shown(report[name][metric]):>12}" for name in columns))
+    rates = {name: rates_only(report[name]["dimensions"]) for name in columns if "dimensions" in report[name]}
+    for dimension in dict.fromkeys(name for model_rates in rates.values() for name in model_rates):
+        print(f"{dimension + ' rate':<26}" + "".join(f"{shown(rates.get(name, {}).get(dimension)):>12}"
+                                                     for name in columns))
     for key, value in report.items():
-        if key.startswith("winrate"):
-            print(f"{key}: {shown(value)}")
+        if key.startswith("winrate") and not key.endswith("_ci95"):
+            interval = report.get(f"{key}_ci95")
+            print(f"{key}: {shown(value)}" + (f" [{shown(interval[0])}, {shown(interval[1])}]" if interval else ""))
 
 
 def finite(value):
     """nan/inf as None, so eval.json stays valid JSON."""
     if isinstance(value, dict):
         return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -165,19 +214,22 @@ def run(cfg: Config) -> Path:
     report = {"prompts": len(prompts), "samples_per_prompt": n, "judges": list(judges)}
     rates = {}  # win rates of the model, after the per-model numbers in eval.json
     model_result = sample_answers(model, tokenizer, prompts, n, params)
-    report["model"], model_scores = policy_numbers(model, rows, model_result, judges, reference, temperature)
+    report["model"], model_scores, model_judgements = policy_numbers(model, rows, model_result, judges, reference,
+                                                                     temperature)
+    report["model"].update(gold_details(model_scores, model_judgements, n, cfg.ci_resamples, cfg.seed))
     samples = [{"prompt": prompt, "sample": i % n, "model": text}
                for i, (prompt, text) in enumerate(zip(rows, model_result.texts))]
-    add_scores(samples, "model", model_scores)
+    add_scores(samples, "model", model_scores, model_judgements)
 
     if baseline is not None:
         baseline_result = sample_answers(baseline, baseline_tokenizer, prompts, n, params)
-        report["baseline"], baseline_scores = policy_numbers(baseline, rows, baseline_result, judges, reference,
-                                                             temperature)
-        rates = win_rates(model_scores, baseline_scores)
+        report["baseline"], baseline_scores, baseline_judgements = policy_numbers(
+            baseline, rows, baseline_result, judges, reference, temperature)
+        report["baseline"].update(gold_details(baseline_scores, baseline_judgements, n, cfg.ci_resamples, cfg.seed))
+        rates = win_rates(model_scores, baseline_scores, "", n, cfg.ci_resamples, cfg.seed)
         for sample, text in zip(samples, baseline_result.texts):
             sample["baseline"] = text
-        add_scores(samples, "baseline", baseline_scores)
+        add_scores(samples, "baseline", baseline_scores, baseline_judgements)
 
     if cfg.best_of_n:
         # best_of_n samples of each prompt from the baseline (sampled even when the comparison is greedy)
@@ -186,17 +238,19 @@ def run(cfg: Config) -> Path:
         pool = sample_answers(baseline, baseline_tokenizer, prompts, cfg.best_of_n, pool_params)
         pool_rewards = judges["reward"](repeat_each(prompts, cfg.best_of_n), pool.texts)
         picked = take(pool, best_indices(pool_rewards, cfg.best_of_n))  # one answer per prompt
-        report["best_of_n"], best_scores = policy_numbers(baseline, prompts, picked, judges, None, temperature)
+        report["best_of_n"], best_scores, best_judgements = policy_numbers(baseline, prompts, picked, judges, None,
+                                                                           temperature)
+        report["best_of_n"].update(gold_details(best_scores, best_judgements, 1, cfg.ci_resamples, cfg.seed))
         # KL(best-of-n || baseline) <= log n - (n - 1) / n (Stiennon et al. 2020; a bound, Beirami et al. 2024),
         # when the baseline is the reference
         report["best_of_n"]["kl_to_reference"] = (math.log(cfg.best_of_n) - (cfg.best_of_n - 1) / cfg.best_of_n
                                                   if reference is baseline else None)
         report["best_of_n"]["n"] = cfg.best_of_n
         best_scores = {name: repeat_each(scores, n) for name, scores in best_scores.items()}  # line up with samples
-        rates.update(win_rates(model_scores, best_scores, "_vs_best_of_n"))
+        rates.update(win_rates(model_scores, best_scores, "_vs_best_of_n", n, cfg.ci_resamples, cfg.seed))
         for i, sample in enumerate(samples):
             sample["best_of_n"] = picked.texts[i // n]
-        add_scores(samples, "best_of_n", best_scores)
+        add_scores(samples, "best_of_n", best_scores, best_judgements and repeat_each(best_judgements, n))
 
     ppl = {}  # perplexity last, once per set of weights (best-of-n answers come from the baseline's)
     if cfg.ppl_corpus:

@@ -9,6 +9,7 @@ from chatforge.errors import ChatforgeError
 from chatforge.models.io import load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model
 from chatforge.stages import evaluate
+from chatforge.world.gold import DIMENSIONS
 
 PER_MODEL = {"gold_score", "reward_mean", "kl_to_reference", "ppl", "response_length", "eos_rate"}
 
@@ -45,10 +46,25 @@ def test_eval_compares_model_baseline_and_best_of_n(tiny_world_base, policy_and_
     assert report["best_of_n"]["ppl"] == report["baseline"]["ppl"] > 1.0
     for key in ("winrate_gold", "winrate_rm", "winrate_gold_vs_best_of_n", "winrate_rm_vs_best_of_n"):
         assert 0.0 <= report[key] <= 1.0
+        low, high = report[f"{key}_ci95"]  # paired bootstrap over the 3 prompts
+        assert 0.0 <= low <= report[key] <= high <= 1.0
+    for name in ("model", "baseline", "best_of_n"):
+        low, high = report[name]["gold_score_ci95"]
+        assert low <= report[name]["gold_score"] <= high
+        dimensions = report[name]["dimensions"]
+        assert set(DIMENSIONS) <= set(dimensions["failure_rates"])
+        for entry in dimensions["failure_rates"].values():  # no rate where a dimension applies to no answer
+            assert (entry["rate"] is None) == (entry["n"] == 0)
+        assert dimensions["failure_rates"]["verbosity"]["n"] == (3 if name == "best_of_n" else 6)
+        kinds = dimensions["gold_score_by_kind"]
+        assert sum(entry["n"] for entry in kinds.values()) == (3 if name == "best_of_n" else 6)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 * 2 and [s["sample"] for s in samples[:2]] == [0, 1]
-    assert {"prompt", "model", "baseline", "model_gold", "baseline_gold", "model_reward", "best_of_n"} <= set(samples[0])
-    assert "winrate_gold" in capsys.readouterr().out
+    assert {"prompt", "model", "baseline", "model_gold", "baseline_gold", "model_reward", "best_of_n",
+            "model_failures", "baseline_failures", "best_of_n_failures"} <= set(samples[0])
+    assert set(samples[0]["model_failures"]) <= set(DIMENSIONS)
+    out = capsys.readouterr().out
+    assert "winrate_gold" in out and "verbosity rate" in out
 
 
 def test_greedy_eval_of_the_model_alone(tiny_world_base, tmp_path):
@@ -60,6 +76,7 @@ def test_greedy_eval_of_the_model_alone(tiny_world_base, tmp_path):
     assert report["samples_per_prompt"] == 1 and "baseline" not in report
     assert report["model"]["kl_to_reference"] is None and report["model"]["ppl"] is None
     assert 0.0 <= report["model"]["eos_rate"] <= 1.0
+    assert len(report["model"]["gold_score_ci95"]) == 2 and "dimensions" in report["model"]
 
 
 def test_bad_inputs_name_the_field(tiny_world_base, policy_and_rm, tmp_path, capsys):
