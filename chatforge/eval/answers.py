@@ -12,16 +12,33 @@ def chat_answers(model, tokenizer, prompts: list, params: SamplingParams, batch_
     return generate(model, tokenizer, ids, params, batch_size=batch_size)
 
 
-def fewshot_prompt(question: str, examples: list[tuple[str, str]]) -> str:
-    """'Question: ...\\nAnswer: ...' worked examples, then the question: the corpus's own Q/A format."""
-    shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in examples)
-    return f"{shots}Question: {question}\nAnswer:"
+def qa_block(question: str, answer: str) -> str:
+    """One worked example in the corpus's Q/A format."""
+    return f"Question: {question}\nAnswer: {answer}\n\n"
+
+
+def fewshot_prompt(prompt: str | list[dict], examples: list[tuple[str, str]]) -> str:
+    """'Question: ...\\nAnswer: ...' worked examples, then the prompt: the corpus's own Q/A format.
+
+    A chat's earlier turns come after the examples, each user message and the assistant's reply to it
+    as a Q/A block, so a follow-up ("Where do they live?") keeps what it refers to; the chat's last
+    message (the user's) is the question. System messages have no place in the format and are left out.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    shots = "".join(qa_block(q, a) for q, a in examples)
+    asked = None  # the user message waiting for its reply
+    for message in messages[:-1]:
+        if message["role"] == "user":
+            asked = message["content"]
+        elif message["role"] == "assistant" and asked is not None:
+            shots += qa_block(asked, message["content"])
+            asked = None
+    return f"{shots}Question: {messages[-1]['content']}\nAnswer:"
 
 
 def fewshot_answers(model, tokenizer, prompts: list, examples: list[tuple[str, str]], params: SamplingParams,
                     batch_size: int = 64) -> list[str]:
     """A base model's answers in the Q/A format: the completion up to the end of its first line."""
-    questions = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    result = generate(model, tokenizer, [fewshot_prompt(q, examples) for q in questions], params,
+    result = generate(model, tokenizer, [fewshot_prompt(p, examples) for p in prompts], params,
                       batch_size=batch_size)
     return [text.split("\n")[0].strip() for text in result.texts]
