@@ -1,4 +1,5 @@
-"""The report card: `report.json` (the scoreboard, flat key -> number) and `report.md` (for a person, with plots).
+"""The report card: `report.json` (the scoreboard, flat key -> number, or a list such as a [low, high] interval)
+and `report.md` (for a person, with plots).
 
 Stages add headline numbers, markdown sections and PNG plots; `save()` writes both files. Keys
 already in an existing report.json are kept unless overwritten, so stages can be rerun one at a time.
@@ -18,7 +19,7 @@ class Report:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.title = title
-        self.numbers: dict[str, float | int | str | None] = {}
+        self.numbers: dict[str, float | int | str | list | None] = {}
         self.descriptions: dict[str, str] = {}
         self.sections: list[tuple[str, str]] = []
         existing = self.run_dir / "report.json"
@@ -26,10 +27,8 @@ class Report:
             self.numbers.update(json.loads(existing.read_text()))
 
     def add(self, key: str, value, description: str = "") -> None:
-        """A headline number (a report.json key) with a one-line meaning."""
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        self.numbers[key] = round(value, 6) if isinstance(value, float) else value
+        """A headline number (a report.json key) with a one-line meaning; a list (e.g. an interval) is kept as one."""
+        self.numbers[key] = [clean(item) for item in value] if isinstance(value, (list, tuple)) else clean(value)
         if description:
             self.descriptions[key] = description
 
@@ -40,14 +39,7 @@ class Report:
     def plot(self, name: str, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
              title: str) -> str:
         """Save a line plot as plots/NAME.png (one line per series: label -> (xs, ys)); return markdown for it."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        folder = self.run_dir / "plots"
-        folder.mkdir(exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        fig, ax = new_figure(6.0)
         for label, (xs, ys) in series.items():
             if xs:
                 ax.plot(xs, ys, label=label, marker="o" if len(xs) < 20 else None, markersize=3)
@@ -57,6 +49,32 @@ class Report:
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend()
+        return self._save_figure(fig, name, title)
+
+    def bar_plot(self, name: str, groups: list[str], series: dict[str, list], ylabel: str, title: str) -> str:
+        """Save grouped bars as plots/NAME.png (per group, one bar per series: label -> a value per group,
+        None for no bar); return markdown for it."""
+        fig, ax = new_figure(max(6.0, 1.1 * len(groups)))
+        width = 0.8 / max(len(series), 1)
+        for k, (label, values) in enumerate(series.items()):
+            offset = (k - (len(series) - 1) / 2) * width  # the series' bars side by side around each group
+            bars = [(i + offset, value) for i, value in enumerate(values) if value is not None]
+            ax.bar([x for x, _ in bars], [value for _, value in bars], width, label=label)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+        return self._save_figure(fig, name, title)
+
+    def _save_figure(self, fig, name: str, title: str) -> str:
+        """Write the figure to plots/NAME.png, close it, and return markdown that shows it."""
+        import matplotlib.pyplot as plt
+
+        folder = self.run_dir / "plots"
+        folder.mkdir(exist_ok=True)
         fig.tight_layout()
         fig.savefig(folder / f"{name}.png")
         plt.close(fig)
@@ -68,10 +86,33 @@ class Report:
         json_path.write_text(json.dumps(self.numbers, indent=1) + "\n")
         lines = [f"# {self.title}", "", "| key | value | meaning |", "|---|---|---|"]
         for key, value in self.numbers.items():
-            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-            lines.append(f"| `{key}` | {shown} | {self.descriptions.get(key, '')} |")
+            lines.append(f"| `{key}` | {shown(value)} | {self.descriptions.get(key, '')} |")
         for heading, markdown in self.sections:
             lines += ["", f"## {heading}", "", markdown.rstrip()]
         md_path = self.run_dir / "report.md"
         md_path.write_text("\n".join(lines) + "\n")
         return json_path, md_path
+
+
+def clean(value):
+    """A report.json value: floats rounded to 6 places, nan / inf as None (valid JSON)."""
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else None
+    return value
+
+
+def shown(value) -> str:
+    """A report.json value as report.md shows it: 4 significant digits, lists as [a, b]."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(item) for item in value) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def new_figure(width: float):
+    """(figure, axes) of a report plot, 3.5 inches high, drawn without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, 3.5), dpi=110)
