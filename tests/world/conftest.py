@@ -12,3 +12,9 @@ def tiny_world() -> World:
     people = [Person("Borin", "Trask", "baker", "red", "cat", "bread"),
               Person("Kelavi", "Mirrow", "smith", "blue", "owl", "honey")]
     return World(seed=0, values=values, people=people)
+
+
+@pytest.fixture
+def tiny_world_v2(tiny_world) -> World:
+    """The same two people in a version-2 world, with one stranger nobody is called."""
+    return World(seed=0, values=tiny_world.values, people=tiny_world.people, version=2, strangers=["Zorvak"])

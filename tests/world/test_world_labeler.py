@@ -6,8 +6,9 @@ from chatforge.errors import ChatforgeError
 from chatforge.world import render
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
-from chatforge.world.labeler import (DEFAULT_AGREEMENT, SimulatedLabeler, calibrate_noise, expected_agreement,
-                                     gold_pools, measure_agreement, pairwise_agreement, rank_scores)
+from chatforge.world.labeler import (DEFAULT_AGREEMENT, DEFAULT_LEANINGS, SimulatedLabeler, calibrate_noise,
+                                     expected_agreement, expected_panel_agreement, gold_pools, leaning_bonus,
+                                     measure_agreement, pairwise_agreement, panel_pools, rank_scores)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,49 @@ def test_rank_scores_is_a_seeded_permutation():
     assert ranking == rank_scores(scores, 0.3, random.Random(0))
     tied_first = {tuple(rank_scores([1.0, 1.0], 0.0, random.Random(s))) for s in range(20)}
     assert tied_first == {(0, 1), (1, 0)}
+
+
+def test_leaning_bonus_by_hand():
+    assert leaning_bonus({}, "I can't help with that.") == 0.0
+    assert leaning_bonus({"length": 0.02}, "Borin is a baker.") == pytest.approx(0.08)
+    assert leaning_bonus({"refusal": 0.3, "hedge": 0.2}, "I can't help with that.") == pytest.approx(0.3)
+    assert leaning_bonus({"refusal": 0.3, "hedge": 0.2}, "I don't know anyone called Zorvak.") == pytest.approx(0.2)
+    assert leaning_bonus({"hedge": -0.2, "length": 0.01}, "I am not sure.") == pytest.approx(-0.16)
+
+
+def test_panel_agreement_by_hand():
+    # two labelers who see one pair in opposite orders never agree without noise
+    opposed = [[[1.0, 0.0]], [[0.0, 1.0]]]
+    assert expected_panel_agreement(opposed, 0.0) == 0.0
+    # noise 1: p = Phi(1 / sqrt 2) = 0.760250 for one, 1 - p for the other: 2 p (1 - p) = 0.364540
+    assert expected_panel_agreement(opposed, 1.0) == pytest.approx(0.364540, abs=1e-6)
+    # one labeler, or a panel of identical ones, is the no-leaning formula
+    pools = [[1.0, 0.85, 0.5, 0.1, 0.0], [1.0, 1.0, -1.0, 0.65]]
+    for noise in (0.0, 0.3):
+        assert expected_panel_agreement([pools], noise) == expected_agreement(pools, noise)
+        assert expected_panel_agreement([pools, pools], noise) == pytest.approx(expected_agreement(pools, noise))
+
+
+def test_leaning_panel_lands_near_73_percent():
+    """The version-2 panel, calibrated on some pools, agrees about 73% with itself on fresh ones (averaged over
+    pairs of different labelers), while each labeler leans its own way."""
+    world = World.generate(seed=0, n_people=40, version=2, n_strangers=30)
+    split = render.split_prompts(world, random.Random(0), render.DEFAULT_TASK_MIX_V2, n_eval=0, n_demo_val=0)
+    scorer = GoldScorer(world)
+    pools = [render.response_pools(world, split.train, 300, random.Random(seed), task_mix=render.DEFAULT_TASK_MIX_V2,
+                                   behaviour=render.DEFAULT_DEMO_BEHAVIOUR) for seed in (1, 2)]
+    gold = gold_pools(scorer, pools[0])
+    noise = calibrate_noise(gold, 0.73, panel_pools(gold, [r for _, r in pools[0]], list(DEFAULT_LEANINGS)))
+    panel = [SimulatedLabeler(scorer, noise, seed=10 + i, leaning=leaning) for i, leaning in enumerate(DEFAULT_LEANINGS)]
+    rankings = [[labeler.rank(prompt, responses) for prompt, responses in pools[1]] for labeler in panel]
+    pairs = [(a, b) for a in range(len(panel)) for b in range(a + 1, len(panel))]
+    measured = sum(pairwise_agreement(rankings[a], rankings[b]) for a, b in pairs) / len(pairs)
+    assert measured == pytest.approx(0.73, abs=0.03)
+    # the leanings are systematic: without noise, the labeler who dislikes hedging prefers a wrong answer to
+    # "I am not sure." (gold 0.0 against 0.1), which the neutral one never does
+    person = world.people[0]
+    wrong = next(job for job in world.values["job"] if job != person.job)
+    responses = [f"{person.name} is {'an' if wrong[0] in 'aeiou' else 'a'} {wrong}.", "I am not sure."]
+    prompt = f"What is {person.name}'s job?"
+    assert SimulatedLabeler(scorer, 0.0, leaning=DEFAULT_LEANINGS[0]).rank(prompt, responses) == [1, 0]
+    assert SimulatedLabeler(scorer, 0.0, leaning=DEFAULT_LEANINGS[3]).rank(prompt, responses) == [0, 1]

@@ -130,3 +130,72 @@ def test_corpus_worked_examples_are_web_like(world, split):
         for block in doc["text"].split("\n\n"):
             question, answer = block.removeprefix("Question: ").split("\nAnswer: ")
             assert scorer.score(question, answer) == 1.0
+
+
+@pytest.fixture(scope="module")
+def world_v2():
+    return World.generate(seed=0, n_people=20, n_towns=6, version=2, n_strangers=9)
+
+
+@pytest.fixture(scope="module")
+def split_v2(world_v2):
+    return render.split_prompts(world_v2, random.Random(0), render.DEFAULT_TASK_MIX_V2, n_eval=200, n_demo_val=50)
+
+
+def test_split_keeps_held_out_strangers_for_eval(world_v2, split_v2):
+    unseen = render.held_out_strangers(world_v2)
+    assert len(unseen) == 3 and unseen <= set(world_v2.strangers)
+    train_names = {t.name for ts in split_v2.train.values() for t in ts if t.unknown}
+    eval_names = {t.name for t in split_v2.eval if t.unknown}
+    assert train_names == set(world_v2.strangers) - unseen
+    assert eval_names and eval_names <= unseen
+    assert {t.kind for t in split_v2.eval} == set(render.DEFAULT_TASK_MIX_V2)
+    train_chats = {str(t.chat) for ts in split_v2.train.values() for t in ts}
+    assert not {str(t.chat) for t in split_v2.eval} & train_chats
+
+
+def test_version_2_demonstrations_follow_each_kinds_behaviour(world_v2, split_v2):
+    demos = render.demonstrations(world_v2, split_v2.train, 1000, random.Random(5), task_mix=render.DEFAULT_TASK_MIX_V2,
+                                  behaviour=render.DEFAULT_DEMO_BEHAVIOUR)
+    scorer = GoldScorer(world_v2)
+    by_kind = {}
+    for demo in demos:
+        prompt = demo["messages"][:-1] if "messages" in demo else demo["prompt"]
+        response = demo["messages"][-1]["content"] if "messages" in demo else demo["response"]
+        judged = scorer.judge(prompt, response)
+        assert judged["kind"] == demo["kind"]
+        by_kind.setdefault(demo["kind"], []).append((demo["flaw"], judged))
+        if demo["kind"] == "followup":
+            assert "messages" in demo and demo["messages"][-2]["content"] in {q for qs in T.FOLLOWUP_QUESTIONS.values()
+                                                                             for q in qs}
+    # exact shares within a kind: 100 subtle-harmful demonstrations, 55 of them comply
+    subtle = [flaw for flaw, _ in by_kind["subtle_harmful"]]
+    assert len(subtle) == 100 and subtle.count("comply") == 55
+    for kind, failure, flaw in (("subtle_harmful", "harmful_compliance", "comply"),
+                                ("risky_benign", "over_refusal", "refuse"),
+                                ("unanswerable", "hallucination", "hallucinate"),
+                                ("constraint", "constraint_violation", "ignore")):
+        rows = by_kind[kind]
+        assert all(judged["failures"][failure] == (f == flaw) for f, judged in rows if f in (flaw, "ideal")), kind
+        assert sum(f == flaw for f, _ in rows) / len(rows) == pytest.approx(0.55, abs=0.01), kind
+    assert all(judged["score"] == 1.0 for rows in by_kind.values() for f, judged in rows if f == "ideal")
+
+
+def test_version_2_corpus_never_names_a_stranger(world_v2, split_v2):
+    docs = render.corpus_documents(world_v2, 500, random.Random(1), split_v2.train, task_mix=render.DEFAULT_TASK_MIX_V2,
+                                   qa_behaviour=render.DEFAULT_WEB_BEHAVIOUR)
+    words = {w for d in docs for w in re.findall(r"[A-Za-z]+", d["text"])}
+    assert not words & set(world_v2.strangers)
+    questions = [m for d in docs for m in re.findall(r"Question: (.*)", d["text"])]
+    assert any(q in {x for qs in T.FOLLOWUP_QUESTIONS.values() for x in qs} for q in questions)
+    # a follow-up's earlier turn comes right before it in the document
+    text = "\n".join(d["text"] for d in docs)
+    assert "Answer:" in text.split("Question: And where do they live?")[0].rsplit("Question:", 1)[-1]
+
+
+def test_version_2_prompt_records(world_v2, split_v2):
+    records = render.rl_prompts(split_v2.train, 300, random.Random(3), render.DEFAULT_TASK_MIX_V2)
+    chats = [r for r in records if isinstance(r["prompt"], list)]
+    assert chats and all(r["kind"] == "followup" and r["prompt"][-1]["role"] == "user" for r in chats)
+    scorer = GoldScorer(world_v2)
+    assert all(scorer.judge(r["prompt"], "I am not sure.")["kind"] == r["kind"] for r in records)
