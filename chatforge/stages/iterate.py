@@ -53,6 +53,7 @@ from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, rm
 from chatforge.world.collect import label_pools, sample_pools
 from chatforge.world.gold import GoldScorer
+from chatforge.world.labeler import read_labeler_file
 
 
 @dataclass
@@ -155,9 +156,10 @@ def collect_comparisons(cfg: Config, policy_dir: str, round_dir: Path, round_no:
         sampling = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg.temperature,
                                   seed=seed)
         pools = sample_pools(policy, tokenizer, prompts, cfg.comparison_k, sampling)
-        noise = None if cfg.labeler_agreement else \
-            json.loads((Path(cfg.world) / "labeler.json").read_text())["noise"]
-        records, labeling = label_pools(scorer, pools, cfg.labelers, cfg.labeler_agreement or 0.73, seed, noise)
+        panel = read_labeler_file(cfg.world)  # the world's labelers: their noise (unless recalibrated) and leanings
+        noise = None if cfg.labeler_agreement else panel["noise"]
+        records, labeling = label_pools(scorer, pools, cfg.labelers, cfg.labeler_agreement or 0.73, seed, noise,
+                                        panel["leanings"])
         stats = {"prompts_sampled": len(prompts), "pools": len(pools),
                  "mean_pool_size": mean(len(r) for _, r in pools), "labeler_noise": labeling["noise"],
                  "labeler_agreement": labeling["agreement"]}
