@@ -82,16 +82,28 @@ class Report:
 
     def save(self) -> tuple[Path, Path]:
         """Write report.json and report.md; return their paths."""
+        numbers = {key: self.numbers[key] for key in intervals_beside(list(self.numbers))}
         json_path = self.run_dir / "report.json"
-        json_path.write_text(json.dumps(self.numbers, indent=1) + "\n")
+        json_path.write_text(json.dumps(numbers, indent=1) + "\n")
         lines = [f"# {self.title}", "", "| key | value | meaning |", "|---|---|---|"]
-        for key, value in self.numbers.items():
+        for key, value in numbers.items():
             lines.append(f"| `{key}` | {shown(value)} | {self.descriptions.get(key, '')} |")
         for heading, markdown in self.sections:
             lines += ["", f"## {heading}", "", markdown.rstrip()]
         md_path = self.run_dir / "report.md"
         md_path.write_text("\n".join(lines) + "\n")
         return json_path, md_path
+
+
+def intervals_beside(keys: list[str]) -> list[str]:
+    """The keys in their order, except that each KEY_ci95 comes right after KEY when KEY is there."""
+    ordered = []
+    for key in keys:
+        if not (key.endswith("_ci95") and key[:-len("_ci95")] in keys):
+            ordered.append(key)
+        if f"{key}_ci95" in keys:
+            ordered.append(f"{key}_ci95")
+    return ordered
 
 
 def clean(value):

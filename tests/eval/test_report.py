@@ -1,7 +1,7 @@
 import json
 import math
 
-from chatforge.eval.report import Report
+from chatforge.eval.report import Report, intervals_beside
 
 
 def test_a_list_value_such_as_an_interval_survives_into_report_json(tmp_path):
@@ -24,3 +24,12 @@ def test_bar_plot_writes_a_png_and_skips_missing_bars(tmp_path):
                                "failure rate", "Failure rates")
     assert markdown == "![Failure rates](plots/rates.png)"
     assert (tmp_path / "plots" / "rates.png").stat().st_size > 0
+
+
+def test_each_interval_is_saved_right_after_its_number(tmp_path):
+    assert intervals_beside(["a", "b", "c", "a_ci95", "z_ci95"]) == ["a", "a_ci95", "b", "c", "z_ci95"]
+    report = Report(tmp_path)
+    for key, value in (("a", 0.5), ("b", 1.0), ("a_ci95", [0.4, 0.6])):
+        report.add(key, value)
+    json_path, _ = report.save()
+    assert list(json.loads(json_path.read_text())) == ["a", "a_ci95", "b"]
