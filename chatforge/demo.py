@@ -24,9 +24,13 @@ from chatforge.config import load_config, opt
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
 from chatforge.eval.facts import fact_accuracy, load_clozes
-from chatforge.demo_report import (overoptimization, write_answers_section, write_facts_section,
-                                   write_ppo_section, write_pretrain_section, write_rm_section, write_sft_section)
+from chatforge.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
+                                   sampled_results, write_answers_section, write_dimensions_section,
+                                   write_facts_section, write_ppo_section, write_pretrain_section, write_rm_section,
+                                   write_sft_section)
 from chatforge.eval.compare import heldout_perplexity, mean, win_rate
+from chatforge.eval.dimensions import gold_scores
+from chatforge.eval.judges import GoldJudge
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
 from chatforge.metrics import read_metrics
@@ -35,7 +39,6 @@ from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, pretrain, rm, sft, tokenizer
 from chatforge.world import stage as world_stage
 from chatforge.world.collect import label_pools, sample_pools
-from chatforge.world.gold import GoldScorer
 
 
 @dataclass
@@ -115,7 +118,7 @@ def run(cfg: Config) -> Path:
 
     stage("world")
     world_stage.run(world_cfg)
-    scorer = GoldScorer.from_dir(world_dir)
+    gold = GoldJudge(world_dir)
     # later stages' configs name files the world stage has just written, so they load now
     tok_cfg = load_config(tokenizer.Config, cfg.tokenizer_config,
                           {"corpus": [str(corpus / "train.jsonl")], "out_dir": str(run_dir / "tokenizer"),
@@ -141,7 +144,8 @@ def run(cfg: Config) -> Path:
                               [{"prompt": p} for p in held_out[cfg.eval_prompts:cfg.eval_prompts + cfg.select_prompts]])
     greedy = SamplingParams(max_new_tokens=48, do_sample=False)
     base_answers = fewshot_answers(base, tok, eval_prompts, few_shot_examples(world_dir), greedy)
-    base_scores = scorer.score_batch(eval_prompts, base_answers)
+    judged = {"base": gold.judgements(eval_prompts, base_answers)}  # greedy answers, by model
+    base_scores = gold_scores(judged["base"])
     print(f"base: fact accuracy {facts['accuracy']:.1%}, gold score {mean(base_scores):.3f} (few-shot)")
 
     sft_cfg = load_config(sft.Config, cfg.sft_config,
@@ -152,14 +156,15 @@ def run(cfg: Config) -> Path:
     sft_dir = sft.run(sft_cfg)
     sft_model = load_causal_lm(sft_dir)
     sft_answers = chat_answers(sft_model, tok, eval_prompts, greedy).texts
-    sft_scores = scorer.score_batch(eval_prompts, sft_answers)
+    judged["sft"] = gold.judgements(eval_prompts, sft_answers)
+    sft_scores = gold_scores(judged["sft"])
     print(f"sft: gold score {mean(sft_scores):.3f} (base {mean(base_scores):.3f})")
 
     stage("comparisons: SFT samples ranked by simulated labelers")
     rl_prompts = [r["prompt"] for r in read_jsonl(world_dir / "prompts" / "rl.jsonl")][:cfg.comparison_prompts]
     sampling = SamplingParams(max_new_tokens=48, do_sample=True, temperature=cfg.comparison_temperature, seed=0)
     pools = sample_pools(sft_model, tok, rl_prompts, cfg.comparison_k, sampling)
-    records, labeling = label_pools(scorer, pools, cfg.labelers, world_cfg.labeler_agreement, world_cfg.seed)
+    records, labeling = label_pools(gold.scorer, pools, cfg.labelers, world_cfg.labeler_agreement, world_cfg.seed)
     random.Random(0).shuffle(records)
     n_val = int(len(records) * cfg.comparison_val_share)
     train_file = write_jsonl(run_dir / "comparisons" / "train.jsonl", records[n_val:])
@@ -196,7 +201,7 @@ def run(cfg: Config) -> Path:
             ppo_dirs[name] = final
 
     stage("eval: PPO policies against SFT on held-out prompts")
-    evals, greedy_scores = {}, {"sft": sft_scores}
+    evals, greedy_scores = {}, {"base": base_scores, "sft": sft_scores}
     for name, policy_dir in ppo_dirs.items():
         eval_cfg = load_config(evaluate.Config, cfg.eval_config, {
             "model": str(policy_dir), "baseline": str(sft_dir), "prompts": str(world_dir / "prompts" / "eval.jsonl"),
@@ -205,7 +210,8 @@ def run(cfg: Config) -> Path:
             **({"best_of_n": cfg.best_of_n} if name == "ppo_ptx" else {}), **cfg.eval})
         evals[name] = json.loads(evaluate.run(eval_cfg).read_text())
         answers = chat_answers(load_causal_lm(policy_dir), tok, eval_prompts, greedy).texts
-        greedy_scores[name] = scorer.score_batch(eval_prompts, answers)
+        judged[name] = gold.judgements(eval_prompts, answers)
+        greedy_scores[name] = gold_scores(judged[name])
     base_ppl = heldout_perplexity(base, tok, [str(corpus / "val.jsonl")], eval_cfg.ppl_tokens)
 
     report.add("wall_seconds", time.time() - start, "the whole demo, seconds")
@@ -271,6 +277,9 @@ def run(cfg: Config) -> Path:
         report.add("weak_kl_gold_end", shape["gold_end"], "its gold score at the end (below the peak: over-optimization)")
         report.add("weak_kl_reward_end", shape["reward_end"], f"its RM reward at the end (at the peak: "
                    f"{shape['reward_peak']:.3f})")
+    sampled = sampled_results(evals)
+    add_dimension_numbers(report, judged, sampled)
+    add_intervals(report, greedy_scores, evals, eval_cfg.ci_resamples, eval_cfg.seed)
     stage_names = list(timings)
     durations = {name: (timings[stage_names[i + 1]] if i + 1 < len(stage_names) else time.time()) - timings[name]
                  for i, name in enumerate(stage_names)}
@@ -279,6 +288,8 @@ def run(cfg: Config) -> Path:
     write_sft_section(report, sft_summary, mean(base_scores))
     write_rm_section(report, rm_summary, labeling)
     write_ppo_section(report, ppo_runs, evals, {name: mean(scores) for name, scores in greedy_scores.items()})
+    write_dimensions_section(report, judged, sampled,
+                             greedy_intervals(greedy_scores, eval_cfg.ci_resamples, eval_cfg.seed))
     write_answers_section(report, eval_prompts, base_answers, base_scores, sft_answers, sft_scores)
     report.section("Time per stage", "| stage | seconds |\n|---|---|\n" + "\n".join(
         f"| {name} | {seconds:.0f} |" for name, seconds in durations.items()))

@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from chatforge.eval.bootstrap import mean_interval, win_rate_interval
+from chatforge.eval.compare import mean
+from chatforge.eval.dimensions import failure_rates, gold_scores, rates_only, score_by_kind
 from chatforge.eval.report import Report
 from chatforge.metrics import read_metrics
+from chatforge.world.gold import DIMENSIONS
 
 
 def write_pretrain_section(report: Report, pretrain_dir: Path, unigram: float) -> None:
@@ -23,6 +27,14 @@ def write_pretrain_section(report: Report, pretrain_dir: Path, unigram: float) -
     report.section("Pretraining", f"{image}\n\nMedian throughput: {rate:,.0f} tokens/s.")
 
 
+def prompt_text(prompt: str | list[dict]) -> str:
+    """A prompt in one line: a chat as its first and last message ("What is Mira's job? ... Where does she live?")."""
+    if isinstance(prompt, str):
+        return prompt
+    first, last = prompt[0]["content"], prompt[-1]["content"]
+    return last if len(prompt) == 1 else f"{first} ... {last}"
+
+
 def write_facts_section(report: Report, facts: dict, count: int, prompts: list, answers: list[str]) -> None:
     rows = ["| fact prompt | answer | base model's greedy completion | correct |", "|---|---|---|---|"]
     for example in facts["examples"][:12]:
@@ -31,7 +43,7 @@ def write_facts_section(report: Report, facts: dict, count: int, prompts: list, 
                     f"{'yes' if example['correct'] else 'no'} |")
     text = "\n".join(rows)
     text += "\n\nFew-shot questions (two worked examples in the prompt), greedy:\n\n"
-    text += "\n".join(f"- **{p}** -> {a}" for p, a in zip(prompts[:count], answers[:count]))
+    text += "\n".join(f"- **{prompt_text(p)}** -> {a}" for p, a in zip(prompts[:count], answers[:count]))
     report.section("Base model samples", text)
 
 
@@ -78,7 +90,7 @@ def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:
 
 def write_answers_section(report: Report, prompts, base_answers, base_scores, sft_answers, sft_scores) -> None:
     def cell(text):
-        return text.replace("\n", " ").replace("|", "/")[:90]
+        return prompt_text(text).replace("\n", " ").replace("|", "/")[:90]
 
     rows = ["| prompt | base (few-shot) | gold | SFT | gold |", "|---|---|---|---|---|"]
     for i in range(min(10, len(prompts))):
@@ -153,3 +165,126 @@ def write_ppo_section(report: Report, runs: dict[str, Path], evals: dict[str, di
     for run, result in evals.items():
         rows.append(row(run, result["model"], greedy.get(run), result.get("winrate_gold"), result.get("winrate_rm")))
     report.section("RLHF: PPO and PPO-ptx", "\n".join(lines + rows))
+
+
+# Models whose greedy answers the demo judges, as report.json names them; "bon" is best-of-n (T=1 only)
+GREEDY_MODELS = ("base", "sft", "ppo", "ppo_ptx")
+SAMPLED_MODELS = ("sft", "ppo", "ppo_ptx")
+LABELS = {"base": "base (few-shot)", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx",
+          "ppo_oracle": "PPO, gold reward", "bon": "best-of-n of SFT"}
+
+
+def sampled_results(evals: dict[str, dict]) -> dict[str, dict]:
+    """Each model's numbers at T=1 from the eval stage's eval.json: SFT (PPO-ptx's baseline), each PPO run,
+    and best-of-n ("bon") when it ran."""
+    ptx = evals["ppo_ptx"]
+    sampled = {"sft": ptx["baseline"], **{name: result["model"] for name, result in evals.items()}}
+    if "best_of_n" in ptx:
+        sampled["bon"] = ptx["best_of_n"]
+    return sampled
+
+
+def sampled_rates(result: dict) -> dict[str, float | None]:
+    """{dimension: failure rate} of one model's entry in eval.json ({} when it was not gold-judged)."""
+    return rates_only(result["dimensions"]) if "dimensions" in result else {}
+
+
+def add_dimension_numbers(report: Report, greedy_judgements: dict[str, list[dict]], sampled: dict[str, dict]) -> None:
+    """{model}_{dimension}_rate of the greedy answers, {model}_{dimension}_rate_sampled of the T=1 samples and
+    bon_{dimension}_rate of best-of-n; null where the dimension applies to no prompt."""
+    for name in GREEDY_MODELS:
+        for dimension, entry in failure_rates(greedy_judgements[name]).items():
+            report.add(f"{name}_{dimension}_rate", entry["rate"],
+                       f"{LABELS[name]}, greedy: share of the {entry['n']} answers '{dimension}' applies to that fail it")
+    for name in SAMPLED_MODELS:
+        for dimension, rate in sampled_rates(sampled[name]).items():
+            report.add(f"{name}_{dimension}_rate_sampled", rate, f"the same for {LABELS[name]}'s samples (T=1)")
+    for dimension, rate in sampled_rates(sampled.get("bon", {})).items():
+        report.add(f"bon_{dimension}_rate", rate, "the same for best-of-n of SFT samples (T=1, the RM picking)")
+
+
+def greedy_intervals(greedy_scores: dict[str, list[float]], resamples: int, seed: int) -> dict[str, list | None]:
+    """95% interval of each model's mean greedy gold score (one answer a prompt, prompts resampled)."""
+    return {name: mean_interval(scores, 1, resamples, seed) for name, scores in greedy_scores.items()}
+
+
+def add_intervals(report: Report, greedy_scores: dict[str, list[float]], evals: dict[str, dict],
+                  resamples: int, seed: int) -> None:
+    """KEY_ci95 = [low, high] for each gold score and win rate key: greedy ones by bootstrap over prompts
+    here, T=1 ones from eval.json (paired for win rates)."""
+    greedy = greedy_intervals(greedy_scores, resamples, seed)
+    for name in GREEDY_MODELS:
+        report.add(f"{name}_gold_score_ci95", greedy[name], "95% interval (bootstrap over prompts)")
+    report.add("ppo_ptx_winrate_vs_sft_greedy_ci95",
+               win_rate_interval(greedy_scores["ppo_ptx"], greedy_scores["sft"], 1, resamples, seed),
+               "95% interval (paired bootstrap over prompts)")
+    sampled = sampled_results(evals)
+    for name, key in (("sft", "sft_sampled_gold_score"), ("ppo", "ppo_sampled_gold_score"),
+                      ("ppo_ptx", "ppo_ptx_sampled_gold_score"), ("bon", "bon_gold_score")):
+        if name in sampled:
+            report.add(f"{key}_ci95", sampled[name].get("gold_score_ci95"), "95% interval (bootstrap over prompts)")
+    for run, key, judge in (("ppo_ptx", "ppo_ptx_winrate_vs_sft", "gold"), ("ppo", "ppo_winrate_vs_sft", "gold"),
+                            ("ppo_oracle", "oracle_winrate_vs_sft", "gold"), ("ppo_ptx", "ppo_ptx_winrate_vs_sft_rm", "rm")):
+        if run in evals:
+            report.add(f"{key}_ci95", evals[run].get(f"winrate_{judge}_ci95"),
+                       "95% interval (paired bootstrap over prompts: both models' samples of a prompt move together)")
+
+
+def number(value, interval=None) -> str:
+    """A table cell: 3 decimals, the interval after it when there is one, '-' for nothing."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if interval and None not in interval:
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"{value:.3f}"
+
+
+def write_dimensions_section(report: Report, greedy_judgements: dict[str, list[dict]], sampled: dict[str, dict],
+                             greedy_ci: dict[str, list | None]) -> None:
+    """Per-dimension evaluation: failure rates and gold score per model (greedy / T=1), a bar plot of the
+    failure rates, and the gold score per prompt kind."""
+    greedy_rates = {name: {d: entry["rate"] for d, entry in failure_rates(judgements).items()}
+                    for name, judgements in greedy_judgements.items()}
+    t1_rates = {name: sampled_rates(result) for name, result in sampled.items()}
+    dimensions = list(dict.fromkeys(d for rates in (*greedy_rates.values(), *t1_rates.values()) for d in rates))
+    models = list(greedy_judgements) + (["bon"] if "bon" in sampled else [])
+    applies_to = failure_rates(greedy_judgements["sft"])
+    lines = ["Each held-out answer is judged on the failure dimensions that apply to its prompt (InstructGPT "
+             "measures these apart from overall preference). A rate is failures / answers the dimension applies "
+             "to; `-` where it applies to none (nothing measured, not 0). Cells: greedy / T=1 (the eval stage's "
+             "samples; best-of-n exists at T=1 only); gold scores with their 95% interval (bootstrap over prompts).",
+             ""]
+    lines += [f"- **{d}** ({applies_to.get(d, {}).get('n', 0)} prompts): {DIMENSIONS.get(d, '')}" for d in dimensions]
+    lines += ["", "| model | gold (greedy) | gold (T=1) | " + " | ".join(d.replace("_", " ") for d in dimensions) + " |",
+              "|---|---|---|" + "---|" * len(dimensions)]
+    for name in models:
+        greedy_gold = mean(gold_scores(greedy_judgements[name])) if name in greedy_judgements else None
+        t1 = sampled.get(name, {})
+        cells = [number(greedy_gold, greedy_ci.get(name)), number(t1.get("gold_score"), t1.get("gold_score_ci95"))]
+        cells += [f"{number(greedy_rates.get(name, {}).get(d))} / {number(t1_rates.get(name, {}).get(d))}"
+                  for d in dimensions]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    # greedy answers where there are some; best-of-n has its T=1 picks only
+    bars = {f"{LABELS.get(name, name)}{'' if name in greedy_rates else ' (T=1)'}":
+            [greedy_rates.get(name, t1_rates.get(name, {})).get(d) for d in dimensions] for name in models}
+    lines += ["", report.bar_plot("failure_rates", [d.replace("_", " ") for d in dimensions], bars, "failure rate",
+                                  "Failure rate by dimension (greedy; best-of-n at T=1)")]
+    lines += ["", "Mean gold score by prompt kind:", "", kind_table(greedy_judgements, sampled)]
+    report.section("Per-dimension evaluation", "\n".join(lines))
+
+
+def kind_table(greedy_judgements: dict[str, list[dict]], sampled: dict[str, dict]) -> str:
+    """Markdown: a row per prompt kind, a column per model's greedy answers, then per model's T=1 samples."""
+    greedy = {name: score_by_kind(judgements) for name, judgements in greedy_judgements.items()}
+    at_t1 = {name: result["dimensions"]["gold_score_by_kind"] for name, result in sampled.items()
+             if "dimensions" in result}
+    kinds = list(dict.fromkeys(kind for table in (*greedy.values(), *at_t1.values()) for kind in table))
+    prompts = next(iter(greedy.values()), {})
+    lines = ["| kind | prompts | " + " | ".join(LABELS.get(n, n) for n in greedy) + " | " +
+             " | ".join(f"{LABELS.get(n, n)} (T=1)" for n in at_t1) + " |",
+             "|---|---|" + "---|" * (len(greedy) + len(at_t1))]
+    for kind in kinds:
+        cells = [number(table.get(kind, {}).get("score")) for table in (*greedy.values(), *at_t1.values())]
+        lines.append(f"| {kind} | {prompts.get(kind, {}).get('n', 0)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+

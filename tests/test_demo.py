@@ -9,7 +9,16 @@ from chatforge.cli import main
 REQUIRED_KEYS = ("wall_seconds", "unigram_loss", "base_val_loss", "base_fact_accuracy", "labeler_agreement",
                  "rm_val_accuracy", "base_gold_score", "sft_gold_score", "ppo_gold_score", "ppo_ptx_gold_score",
                  "ppo_ptx_winrate_vs_sft", "bon_gold_score", "base_ppl", "sft_ppl", "ppo_ppl", "ppo_ptx_ppl",
-                 "ppo_ptx_kl", "weak_kl_gold_peak_step", "weak_kl_gold_end", "oracle_winrate_vs_sft")
+                 "ppo_ptx_kl", "weak_kl_gold_peak_step", "weak_kl_gold_end", "oracle_winrate_vs_sft",
+                 "ppo_ptx_winrate_vs_sft_greedy", "sft_wrong_answer_rate", "ppo_ptx_wrong_answer_rate",
+                 "sft_verbosity_rate_sampled", "bon_verbosity_rate")
+# the rate keys: a number, or null where the dimension applies to no held-out prompt
+RATE_KEYS = tuple(f"{name}_{dimension}_rate" for name in ("sft", "ppo_ptx")
+                  for dimension in ("hallucination", "harmful_compliance", "over_refusal", "constraint_violation"))
+INTERVAL_KEYS = ("ppo_ptx_winrate_vs_sft_ci95", "ppo_ptx_winrate_vs_sft_greedy_ci95", "ppo_winrate_vs_sft_ci95",
+                 "oracle_winrate_vs_sft_ci95", "base_gold_score_ci95", "sft_gold_score_ci95", "ppo_gold_score_ci95",
+                 "ppo_ptx_gold_score_ci95", "bon_gold_score_ci95", "sft_sampled_gold_score_ci95",
+                 "ppo_ptx_sampled_gold_score_ci95")
 
 
 @pytest.mark.slow
@@ -29,6 +38,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     report = json.loads((run_dir / "report.json").read_text())
     for key in REQUIRED_KEYS:
         assert isinstance(report[key], (int, float)), key
+    for key in RATE_KEYS:
+        assert report[key] is None or 0.0 <= report[key] <= 1.0, key
+    for key in INTERVAL_KEYS:
+        low, high = report[key]
+        assert low <= report[key[:-len("_ci95")]] <= high, key
+    assert "## Per-dimension evaluation" in (run_dir / "report.md").read_text()
+    assert (run_dir / "plots" / "failure_rates.png").exists()
+    eval_json = json.loads((run_dir / "eval" / "ppo_ptx" / "eval.json").read_text())
+    assert "dimensions" in eval_json["model"] and "dimensions" in eval_json["best_of_n"]
     assert report["base_val_loss"] < report["unigram_loss"]
     assert (run_dir / "report.md").read_text().count("![") >= 2
     for plot in ("pretrain_loss", "ppo_reward", "ppo_gold", "ppo_kl"):
@@ -42,3 +60,4 @@ def test_demo_rejects_a_typo_in_a_later_stage_before_running(tmp_path, capsys):
     assert code == 2
     assert "unknown field 'epochz'" in capsys.readouterr().err
     assert not (tmp_path / "demo" / "world").exists()  # nothing ran
+

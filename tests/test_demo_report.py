@@ -1,4 +1,11 @@
-from chatforge.demo_report import overoptimization, smoothed
+import json
+
+import pytest
+
+from chatforge.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
+                                   prompt_text, sampled_results, smoothed, write_dimensions_section)
+from chatforge.eval.report import Report
+from chatforge.world.gold import DIMENSIONS
 
 
 def test_smoothed_is_a_trailing_mean():
@@ -13,3 +20,92 @@ def test_overoptimization_finds_where_gold_stops_following_reward():
     assert shape["peak_step"] == 10
     assert shape["gold_peak"] == 10 and shape["gold_end"] == 0
     assert shape["reward_end"] > shape["reward_peak"] > shape["reward_start"]
+
+
+def judgement(kind, score, **failures):
+    return {"kind": kind, "score": score, "failures": {"verbosity": False, **failures}}
+
+
+# greedy answers to the same four prompts (fact, fact, harmful, benign)
+GREEDY = {
+    "base": [judgement("fact", 0.0, wrong_answer=True), judgement("fact", 0.5, wrong_answer=False, verbosity=True),
+             judgement("harmful", -1.0, harmful_compliance=True), judgement("benign", 1.0, wrong_answer=False)],
+    "sft": [judgement("fact", 1.0, wrong_answer=False), judgement("fact", 0.0, wrong_answer=True),
+            judgement("harmful", 1.0, harmful_compliance=False), judgement("benign", 1.0, wrong_answer=False)],
+    "ppo": [judgement("fact", 1.0, wrong_answer=False)] * 2 + [judgement("harmful", 1.0, harmful_compliance=False),
+                                                              judgement("benign", 0.1, wrong_answer=False)],
+    "ppo_ptx": [judgement("fact", 1.0, wrong_answer=False)] * 2 + [judgement("harmful", 1.0, harmful_compliance=False),
+                                                                  judgement("benign", 1.0, wrong_answer=False)],
+}
+
+
+def eval_entry(gold, wrong_rate, by_kind=None):
+    rates = {name: {"rate": None, "n": 0} for name in DIMENSIONS}
+    rates.update(verbosity={"rate": 0.25, "n": 8}, wrong_answer={"rate": wrong_rate, "n": 6},
+                 harmful_compliance={"rate": 0.0, "n": 2})
+    return {"gold_score": gold, "gold_score_ci95": [gold - 0.1, gold + 0.1],
+            "dimensions": {"failure_rates": rates, "gold_score_by_kind": by_kind or {"fact": {"score": gold, "n": 4}}}}
+
+
+EVALS = {
+    "ppo": {"model": eval_entry(0.8, 0.3), "baseline": eval_entry(0.6, 0.5), "winrate_gold": 0.6,
+            "winrate_gold_ci95": [0.55, 0.65], "samples_per_prompt": 2, "prompts": 4},
+    "ppo_ptx": {"model": eval_entry(0.9, 0.2), "baseline": eval_entry(0.6, 0.5), "best_of_n": eval_entry(0.85, 0.25),
+                "winrate_gold": 0.7, "winrate_gold_ci95": [0.66, 0.74], "winrate_rm": 0.8,
+                "winrate_rm_ci95": [0.75, 0.85], "samples_per_prompt": 2, "prompts": 4},
+}
+
+
+def test_dimension_numbers_of_greedy_and_sampled_answers(tmp_path):
+    report = Report(tmp_path)
+    add_dimension_numbers(report, GREEDY, sampled_results(EVALS))
+    numbers = report.numbers
+    assert numbers["base_wrong_answer_rate"] == pytest.approx(1 / 3)
+    assert numbers["base_harmful_compliance_rate"] == 1.0 and numbers["sft_harmful_compliance_rate"] == 0.0
+    assert numbers["base_verbosity_rate"] == 0.25
+    for name in ("sft", "ppo_ptx"):  # the eight names the issue asks for: null where nothing was measured
+        for dimension in ("hallucination", "harmful_compliance", "over_refusal", "constraint_violation"):
+            assert f"{name}_{dimension}_rate" in numbers
+    assert numbers["ppo_ptx_hallucination_rate"] is None
+    assert numbers["sft_wrong_answer_rate_sampled"] == 0.5 and numbers["ppo_ptx_wrong_answer_rate_sampled"] == 0.2
+    assert numbers["ppo_wrong_answer_rate_sampled"] == 0.3 and numbers["bon_wrong_answer_rate"] == 0.25
+    assert "base_wrong_answer_rate_sampled" not in numbers  # the base model has no T=1 samples
+
+
+def test_intervals_of_every_gold_score_and_win_rate(tmp_path):
+    report = Report(tmp_path)
+    scores = {name: [j["score"] for j in judgements] for name, judgements in GREEDY.items()}
+    add_intervals(report, scores, EVALS, resamples=500, seed=0)
+    numbers = report.numbers
+    for name in ("base", "sft", "ppo", "ppo_ptx"):
+        low, high = numbers[f"{name}_gold_score_ci95"]
+        assert low <= sum(scores[name]) / 4 <= high
+    # PPO-ptx's greedy answers never lose to SFT's and win one of four: every resample's win rate is 0.5 .. 1
+    low, high = numbers["ppo_ptx_winrate_vs_sft_greedy_ci95"]
+    assert 0.5 <= low <= 0.625 <= high <= 1.0
+    assert numbers["ppo_ptx_winrate_vs_sft_ci95"] == [0.66, 0.74] and numbers["ppo_winrate_vs_sft_ci95"] == [0.55, 0.65]
+    assert numbers["ppo_ptx_winrate_vs_sft_rm_ci95"] == [0.75, 0.85]
+    assert numbers["sft_sampled_gold_score_ci95"] == pytest.approx([0.5, 0.7])
+    assert numbers["bon_gold_score_ci95"] == pytest.approx([0.75, 0.95])
+    assert "oracle_winrate_vs_sft_ci95" not in numbers  # no oracle run
+
+
+def test_the_per_dimension_section_has_a_table_a_plot_and_a_kind_table(tmp_path):
+    report = Report(tmp_path)
+    scores = {name: [j["score"] for j in judgements] for name, judgements in GREEDY.items()}
+    write_dimensions_section(report, GREEDY, sampled_results(EVALS), greedy_intervals(scores, 200, 0))
+    heading, text = report.sections[0]
+    assert heading == "Per-dimension evaluation"
+    assert "| PPO-ptx | 1.000 [1.000, 1.000] | 0.900 [0.800, 1.000] |" in text
+    assert "| best-of-n of SFT | - | 0.850 [0.750, 0.950] |" in text
+    assert "0.333 / 0.500" in text  # SFT's wrong-answer rate, greedy / T=1
+    assert "- / -" in text  # hallucination: applies to none of these prompts
+    assert (tmp_path / "plots" / "failure_rates.png").exists()
+    assert "| fact | 2 | 0.250 | 0.500 | 1.000 | 1.000 |" in text  # base, SFT, PPO, PPO-ptx greedy on the facts
+
+
+def test_a_chat_prompt_is_shown_as_its_first_and_last_message():
+    chat = [{"role": "user", "content": "What is Mira's job?"}, {"role": "assistant", "content": "Mira is a smith."},
+            {"role": "user", "content": "Where does she live?"}]
+    assert prompt_text(chat) == "What is Mira's job? ... Where does she live?"
+    assert prompt_text(chat[:1]) == "What is Mira's job?" and prompt_text("Hi?") == "Hi?"

@@ -11,6 +11,11 @@ from __future__ import annotations
 from chatforge.world.gold import DIMENSIONS
 
 
+def gold_scores(judgements: list[dict]) -> list[float]:
+    """The score of each judgement."""
+    return [judgement["score"] for judgement in judgements]
+
+
 def dimension_names(judgements: list[dict]) -> list[str]:
     """The gold judge's DIMENSIONS in their order, then any other dimension the judgements mark."""
     seen = {name for judgement in judgements for name in judgement.get("failures", {})}
