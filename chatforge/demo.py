@@ -10,10 +10,16 @@ Each stage reads its own YAML config (named below) and the demo fills in the pat
 stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
 `ppo`, `eval`) override fields of those configs, e.g. `chatforge demo pretrain.max_steps=50 world.train_docs=1000`.
 Writes run_dir/report.json (the scoreboard) and run_dir/report.md (with plots).
+
+`seeds=0,1,2` runs the whole chain once per seed into run_dir/seed_N/ (each with its own report card;
+a chain whose report.json exists is not rerun, so an interrupted run resumes), then writes
+run_dir/seeds.json (every number per seed, mean, std, min, max) and run_dir/report.md (the headline
+numbers across seeds, and which of the issue's bars each seed clears).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -27,7 +33,8 @@ from chatforge.eval.facts import fact_accuracy, load_clozes
 from chatforge.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
                                    sampled_results, write_answers_section, write_dimensions_section,
                                    write_facts_section, write_ppo_section, write_pretrain_section, write_rm_section,
-                                   write_sft_section)
+                                   write_seeds_report, write_sft_section)
+from chatforge.errors import ChatforgeError
 from chatforge.eval.compare import heldout_perplexity, mean, win_rate
 from chatforge.eval.dimensions import gold_scores
 from chatforge.eval.judges import GoldJudge
@@ -75,6 +82,25 @@ class Config:
     best_of_n: int = opt(8, "n of the best-of-n baseline: n SFT samples per prompt, the RM picks one")
     few_shot_prompts: int = opt(4, "few-shot questions shown in the report as base-model samples")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    seeds: list[int] | str = opt([], "run the whole chain once per seed into run_dir/seed_N/ and compare them "
+                                     "(seeds=0,1,2 or [0,1,2]); the seed is the world's and every stage's `seed`, "
+                                     "except where a per-stage map names `seed` itself (that one is kept for every "
+                                     "chain); [] = one chain in run_dir")
+
+    def __post_init__(self):
+        self.seeds = parse_seeds(self.seeds)
+
+
+def parse_seeds(seeds: list[int] | str) -> list[int]:
+    """The seeds as a list of ints, from a list or from comma-separated text ("0,1,2")."""
+    if isinstance(seeds, str):
+        try:
+            seeds = [int(part) for part in seeds.split(",") if part.strip()]
+        except ValueError:
+            raise ChatforgeError(f"demo: field 'seeds': expected integers separated by commas, got {seeds!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ChatforgeError(f"demo: field 'seeds': {seeds} names a seed twice")
+    return list(seeds)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -94,6 +120,37 @@ def few_shot_examples(world_dir: Path) -> list[tuple[str, str]]:
 
 
 def run(cfg: Config) -> Path:
+    """One chain into run_dir, or with seeds one chain per seed and the comparison across them; return the
+    report.md path."""
+    if not cfg.seeds:
+        return run_chain(cfg)
+    run_dir = Path(cfg.run_dir)
+    per_seed = {}
+    for seed in cfg.seeds:
+        chain_cfg = seeded_config(cfg, seed)
+        scoreboard = Path(chain_cfg.run_dir) / "report.json"
+        if scoreboard.exists():
+            print(f"\n== seed {seed}: {scoreboard} exists, not rerun", flush=True)
+        else:
+            print(f"\n== seed {seed} -> {chain_cfg.run_dir}", flush=True)
+            run_chain(chain_cfg)
+        per_seed[seed] = json.loads(scoreboard.read_text())
+    json_path, md_path = write_seeds_report(run_dir, per_seed)
+    print(f"\nseeds {cfg.seeds}: {md_path} (per-seed report cards under {run_dir}/seed_N/), {json_path}")
+    return md_path
+
+
+SEEDED_STAGES = ("world", "pretrain", "sft", "rm", "ppo", "eval")  # the stages whose config has a `seed`
+
+
+def seeded_config(cfg: Config, seed: int) -> Config:
+    """The demo config of one chain of a seeds run: run_dir/seed_N, and `seed` in the world's and every seeded
+    stage's overrides, unless the user's own overrides name it (theirs win, to hold that stage fixed)."""
+    overrides = {stage: {"seed": seed, **getattr(cfg, stage)} for stage in SEEDED_STAGES}
+    return dataclasses.replace(cfg, seeds=[], run_dir=str(Path(cfg.run_dir) / f"seed_{seed}"), **overrides)
+
+
+def run_chain(cfg: Config) -> Path:
     """Run every stage that exists on the built-in world and write the report card."""
     start = time.time()
     set_threads(cfg.num_threads)
@@ -162,10 +219,11 @@ def run(cfg: Config) -> Path:
 
     stage("comparisons: SFT samples ranked by simulated labelers")
     rl_prompts = [r["prompt"] for r in read_jsonl(world_dir / "prompts" / "rl.jsonl")][:cfg.comparison_prompts]
-    sampling = SamplingParams(max_new_tokens=48, do_sample=True, temperature=cfg.comparison_temperature, seed=0)
+    sampling = SamplingParams(max_new_tokens=48, do_sample=True, temperature=cfg.comparison_temperature,
+                              seed=sft_cfg.seed)
     pools = sample_pools(sft_model, tok, rl_prompts, cfg.comparison_k, sampling)
     records, labeling = label_pools(gold.scorer, pools, cfg.labelers, world_cfg.labeler_agreement, world_cfg.seed)
-    random.Random(0).shuffle(records)
+    random.Random(sft_cfg.seed).shuffle(records)
     n_val = int(len(records) * cfg.comparison_val_share)
     train_file = write_jsonl(run_dir / "comparisons" / "train.jsonl", records[n_val:])
     val_file = write_jsonl(run_dir / "comparisons" / "val.jsonl", records[:n_val])

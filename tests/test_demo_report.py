@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from chatforge.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
-                                   prompt_text, sampled_results, smoothed, write_dimensions_section)
+from chatforge.demo_report import (add_dimension_numbers, add_intervals, bars_held, bars_line, greedy_intervals,
+                                   overoptimization, prompt_text, sampled_results, smoothed, write_dimensions_section,
+                                   write_seeds_report)
 from chatforge.eval.report import Report
 from chatforge.world.gold import DIMENSIONS
 
@@ -102,6 +103,35 @@ def test_the_per_dimension_section_has_a_table_a_plot_and_a_kind_table(tmp_path)
     assert "- / -" in text  # hallucination: applies to none of these prompts
     assert (tmp_path / "plots" / "failure_rates.png").exists()
     assert "| fact | 2 | 0.250 | 0.500 | 1.000 | 1.000 |" in text  # base, SFT, PPO, PPO-ptx greedy on the facts
+
+
+def test_bars_of_the_issue():
+    report = {"ppo_ptx_winrate_vs_sft": 0.71, "ppo_ptx_winrate_vs_sft_ci95": [0.66, 0.76],
+              "ppo_ptx_winrate_vs_sft_greedy": 0.6, "ppo_ptx_gold_score": 0.95, "bon_gold_score": 0.9,
+              "sft_hallucination_rate": 0.2, "ppo_ptx_hallucination_rate": 0.1,
+              "sft_harmful_compliance_rate": 0.0, "ppo_ptx_harmful_compliance_rate": 0.0,
+              "sft_over_refusal_rate": 0.10, "ppo_ptx_over_refusal_rate": 0.12,
+              "sft_constraint_violation_rate": None, "ppo_ptx_constraint_violation_rate": None}
+    held = dict(bars_held(report))
+    assert list(held.values()) == [True, False, True, True, True, True, None]  # both 0 counts as lower
+    assert dict(bars_held({**report, "ppo_ptx_winrate_vs_sft_ci95": [0.64, 0.76]}))[
+        "T=1 win rate over SFT >= 0.70 with ci95 low >= 0.65"] is False
+    assert list(dict(bars_held({**report, "ppo_ptx_over_refusal_rate": 0.13})).values())[5] is False
+    assert all(held is None for _, held in bars_held({}))
+    assert bars_line(3, report).startswith("- seed 3: 5 of 6 measured bars hold: ")
+
+
+def test_seeds_report_has_seeds_json_and_a_table(tmp_path):
+    per_seed = {0: {"ppo_ptx_winrate_vs_sft": 0.7, "ppo_ptx_winrate_vs_sft_ci95": [0.65, 0.75], "wall_seconds": 900},
+                1: {"ppo_ptx_winrate_vs_sft": 0.6, "ppo_ptx_winrate_vs_sft_ci95": [0.55, 0.65], "wall_seconds": 1000}}
+    json_path, md_path = write_seeds_report(tmp_path, per_seed)
+    seeds = json.loads(json_path.read_text())
+    assert seeds["seeds"] == [0, 1] and seeds["mean"]["ppo_ptx_winrate_vs_sft"] == pytest.approx(0.65)
+    assert seeds["per_seed"]["1"]["wall_seconds"] == 1000
+    text = md_path.read_text()
+    assert "| `ppo_ptx_winrate_vs_sft` | 0.7 | 0.6 | 0.65 | 0.07071 | 0.6 .. 0.7 |" in text
+    assert "| `ppo_ptx_winrate_vs_sft_ci95` | [0.65, 0.75] | [0.55, 0.65] | - | - | - |" in text
+    assert "- seed 0: " in text and "- seed 1: " in text
 
 
 def test_a_chat_prompt_is_shown_as_its_first_and_last_message():
