@@ -1,4 +1,5 @@
-"""The demo's report card: one section per stage, with plots, written from the stages' own output files."""
+"""The demo's report card: one section per stage, with plots, written from the stages' own output files; the
+per-dimension evaluation and the intervals of its scores; and, for a seeds run, the comparison across seeds."""
 
 from __future__ import annotations
 
