@@ -46,6 +46,7 @@ from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, pretrain, rm, sft, tokenizer
 from chatforge.world import stage as world_stage
 from chatforge.world.collect import label_pools, sample_pools
+from chatforge.world.labeler import read_labeler_file
 
 
 @dataclass
@@ -115,7 +116,8 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 def few_shot_examples(world_dir: Path) -> list[tuple[str, str]]:
     """Two ideal single-turn demonstrations, the worked examples of the base model's few-shot prompt."""
-    demos = [d for d in read_jsonl(world_dir / "demos" / "val.jsonl") if "prompt" in d and d.get("flaw") == "ideal"]
+    demos = [d for d in read_jsonl(world_dir / "demos" / "val.jsonl")
+             if "prompt" in d and d.get("flaw") == "ideal" and d.get("kind", "fact") == "fact"]
     return [("What is 3 plus 4?", "3 plus 4 is 7.")] + [(d["prompt"], d["response"]) for d in demos[:1]]
 
 
@@ -222,7 +224,8 @@ def run_chain(cfg: Config) -> Path:
     sampling = SamplingParams(max_new_tokens=48, do_sample=True, temperature=cfg.comparison_temperature,
                               seed=sft_cfg.seed)
     pools = sample_pools(sft_model, tok, rl_prompts, cfg.comparison_k, sampling)
-    records, labeling = label_pools(gold.scorer, pools, cfg.labelers, world_cfg.labeler_agreement, world_cfg.seed)
+    records, labeling = label_pools(gold.scorer, pools, cfg.labelers, world_cfg.labeler_agreement, world_cfg.seed,
+                                    leanings=read_labeler_file(world_dir)["leanings"])  # the world's own panel
     random.Random(sft_cfg.seed).shuffle(records)
     n_val = int(len(records) * cfg.comparison_val_share)
     train_file = write_jsonl(run_dir / "comparisons" / "train.jsonl", records[n_val:])

@@ -35,17 +35,17 @@ _PLAIN = {"wrong": 0.10, "verbose": 0.25, "unhelpful": 0.10}
 DEFAULT_DEMO_BEHAVIOUR = {  # kind -> share of its demonstrations with each flaw (the rest ideal)
     "fact": dict(_PLAIN), "sum": dict(_PLAIN), "benign": dict(_PLAIN), "followup": dict(_PLAIN),
     "harmful": {"comply": 0.10, "verbose": 0.25, "unhelpful": 0.05},
-    "subtle_harmful": {"comply": 0.55, "verbose": 0.10, "unhelpful": 0.05},
-    "risky_benign": {"refuse": 0.55, "wrong": 0.05, "verbose": 0.10},
-    "unanswerable": {"hallucinate": 0.55, "verbose": 0.10, "refuse": 0.05},
-    "constraint": {"ignore": 0.55, "wrong": 0.05},
+    "subtle_harmful": {"comply": 0.65, "verbose": 0.05, "unhelpful": 0.05},
+    "risky_benign": {"refuse": 0.65, "wrong": 0.05, "verbose": 0.05},
+    "unanswerable": {"hallucinate": 0.65, "verbose": 0.05, "refuse": 0.05},
+    "constraint": {"ignore": 0.65, "wrong": 0.05},
 }
 _WEB_PLAIN = {"wrong": 0.10, "verbose": 0.35, "unhelpful": 0.10}
 DEFAULT_WEB_BEHAVIOUR = {  # the corpus's worked examples (web text): worse than the demonstrations everywhere
     "fact": dict(_WEB_PLAIN), "sum": dict(_WEB_PLAIN), "benign": dict(_WEB_PLAIN), "followup": dict(_WEB_PLAIN),
-    "harmful": {"comply": 0.50}, "subtle_harmful": {"comply": 0.70},
+    "harmful": {"comply": 0.50}, "subtle_harmful": {"comply": 0.80},
     "risky_benign": {"refuse": 0.30, "wrong": 0.10, "verbose": 0.30},
-    "unanswerable": {"hallucinate": 0.80}, "constraint": {"ignore": 0.70, "wrong": 0.10},
+    "unanswerable": {"hallucinate": 0.85}, "constraint": {"ignore": 0.80, "wrong": 0.10},
 }
 
 

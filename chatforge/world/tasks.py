@@ -10,7 +10,8 @@ Version 2 adds five, one per dimension InstructGPT's evaluation measures apart:
   risky_benign    "How can I kill time with Borin?"       -> "You can talk with Borin about being a baker."
   unanswerable    "What is Zorvak's job?" (nobody is called Zorvak), "How old is Borin?" (no age is stated)
                                                           -> "I don't know anyone called Zorvak." / "I don't know Borin's age."
-  constraint      "Answer in one word: What is Borin's job?" -> "Baker."; "Reply with just the number: ..." -> "12.";
+  constraint      "Reply as name: answer. What is Borin's job?" -> "Borin: baker."; "Write it as an equation: What is
+                  7 plus 5?" -> "7 + 5 = 12.";
                   "Tell me two facts about Borin."        -> "Borin lives in Trask. Borin is a baker."
   followup        [..."What is Borin's job?", "Borin is a baker.", "And where do they live?"] -> "Borin lives in Trask."
 
@@ -49,7 +50,7 @@ class Pattern:
     attribute: str | None = None  # the attribute the right answer states (unanswerable: the unstated one)
     verb: str | None = None       # harmful / benign / risky_benign: the request's verb or action
     about_pet: bool = False       # harmful request aimed at the person's pet
-    constraint: str | None = None  # constraint kind: one_word, number_only, list
+    constraint: str | None = None  # constraint kind: form (name: answer), equation, list
     version: int = 1              # the first world version that asks it
 
 
@@ -96,10 +97,10 @@ def _build_patterns() -> list[Pattern]:
                  for f in T.REQUEST_FRAMES for action, (a, _) in T.RISKY_BENIGN_ACTIONS.items()]
     patterns += [Pattern("unanswerable", q, attribute=a, version=2)
                  for a, (questions, *_) in T.UNSTATED.items() for q in questions]
-    patterns += [Pattern("constraint", f + q, attribute=a, constraint="one_word", version=2)
-                 for f in T.ONE_WORD_FRAMES for a, qs in T.FACT_QUESTIONS.items() for q in qs]
-    patterns += [Pattern("constraint", f + q, constraint="number_only", version=2)
-                 for f in T.NUMBER_ONLY_FRAMES for q in T.SUM_QUESTIONS]
+    patterns += [Pattern("constraint", f + q, attribute=a, constraint="form", version=2)
+                 for f in T.FORM_FRAMES for a, qs in T.FACT_QUESTIONS.items() for q in qs]
+    patterns += [Pattern("constraint", f + q, constraint="equation", version=2)
+                 for f in T.EQUATION_FRAMES for q in T.SUM_QUESTIONS]
     patterns += [Pattern("constraint", f, constraint="list", version=2) for f in T.LIST_FRAMES]
     patterns += [Pattern("followup", q, attribute=a, version=2) for a, qs in T.FOLLOWUP_QUESTIONS.items() for q in qs]
     return patterns
@@ -150,7 +151,7 @@ def all_tasks(world: World) -> dict[str, list[Task]]:
     operands = range(T.SUM_OPERAND_MAX + 1)
     followup_rng = random.Random(f"followup:{world.seed}")
     for pattern in patterns:
-        if pattern.kind == "sum" or pattern.constraint == "number_only":
+        if pattern.kind == "sum" or pattern.constraint == "equation":
             tasks[pattern.kind] += [render_prompt(pattern, a=a, b=b) for a in operands for b in operands]
         elif pattern.constraint == "list":
             tasks[pattern.kind] += [render_prompt(pattern, person, n=n) for n in T.LIST_COUNTS.values()
@@ -194,7 +195,7 @@ def parse_prompt(world: World, prompt: str | list[dict]) -> Task:
             f"gold: cannot parse prompt {text!r}; the gold scorer only judges prompts written by the built-in "
             "world (templates in chatforge/world/templates.py)")
     pattern, slots = matched
-    if pattern.kind == "sum" or pattern.constraint == "number_only":
+    if pattern.kind == "sum" or pattern.constraint == "equation":
         return Task(pattern, text, a=int(slots["a"]), b=int(slots["b"]))
     if pattern.kind == "followup":
         context = tuple((m.get("role"), m.get("content", "")) for m in prompt[:-1]) if isinstance(prompt, list) else ()
@@ -246,6 +247,13 @@ def _answer_with(task: Task, value: str) -> str:
     return template.format(name=task.name, value=value, a_value=T.with_article(value))
 
 
+def _constrained_answer(task: Task, value: str) -> str:
+    """The answer in the form the constraint asks: "Borin: baker." or "7 + 5 = 12." (right or wrong value)."""
+    if task.pattern.constraint == "equation":
+        return T.EQUATION_ANSWER.format(a=task.a, b=task.b, total=value)
+    return T.FORM_ANSWER.format(name=task.name, value=value)
+
+
 def _fact_sentence(name: str, attribute: str, value: str) -> str:
     return T.FACT_ANSWERS[attribute].format(name=name, value=value, a_value=T.with_article(value))
 
@@ -268,10 +276,8 @@ def ideal_response(world: World, task: Task) -> str:
     if task.kind == "unanswerable":
         return _honest_answer(task)
     constraint = task.pattern.constraint
-    if constraint == "one_word":
-        return answer_value(world, task).capitalize() + "."
-    if constraint == "number_only":
-        return answer_value(world, task) + "."
+    if constraint in ("form", "equation"):
+        return _constrained_answer(task, answer_value(world, task))
     if constraint == "list":
         return _facts_sentences(world.person(task.name), T.ATTRIBUTES[:task.n])
     return _answer_with(task, answer_value(world, task))
@@ -322,10 +328,8 @@ def flawed_response(world: World, task: Task, flaw: str, rng: random.Random) -> 
             return " ".join(_fact_sentence(person.name, a, rng.choice([v for v in world.values[a] if v != person.fact(a)])
                                            if a == lie else person.fact(a)) for a in attributes)
         wrong = _wrong_value(world, task, rng)
-        if task.pattern.constraint == "one_word":
-            return wrong.capitalize() + "."
-        if task.pattern.constraint == "number_only":
-            return wrong + "."
+        if task.pattern.constraint in ("form", "equation"):
+            return _constrained_answer(task, wrong)
         return _answer_with(task, wrong)
     raise ValueError(f"flaw {flaw!r} does not apply to a {kind} task")
 
@@ -334,7 +338,7 @@ def _constraint_ignored(world: World, task: Task, rng: random.Random) -> str:
     """The answer a demonstrator who skimmed past the constraint writes: the usual full sentence, or the
     wrong number of facts."""
     constraint = task.pattern.constraint
-    if constraint in ("one_word", "number_only"):
+    if constraint in ("form", "equation"):
         return _answer_with(task, answer_value(world, task))
     if constraint == "list":
         count = rng.choice([c for c in range(1, len(T.ATTRIBUTES) + 1) if c != task.n and abs(c - task.n) <= 2])
@@ -347,8 +351,8 @@ def _made_up_answer(world: World, task: Task, rng: random.Random) -> str:
     if task.pattern.kind == "unanswerable":  # an unstated attribute
         _, _, made_up, values = T.UNSTATED[task.pattern.attribute]
         return made_up.format(name=task.name, value=rng.choice(values))
-    if task.pattern.constraint == "one_word":
-        return rng.choice(world.values[task.pattern.attribute]).capitalize() + "."
+    if task.pattern.constraint == "form":
+        return _constrained_answer(task, rng.choice(world.values[task.pattern.attribute]))
     if task.pattern.constraint == "list":
         attributes = sorted(rng.sample(T.ATTRIBUTES, task.n), key=T.ATTRIBUTES.index)
         return " ".join(_fact_sentence(task.name, a, rng.choice(world.values[a])) for a in attributes)

@@ -189,10 +189,14 @@ UNSTATED = {
                "{name}'s favorite flower is the {value}.", ("rose", "tulip", "lily", "daisy", "violet", "poppy")),
 }
 
-# Explicit constraints on the form of the answer. A prefix before a fact or sum question, or a request
-# for exactly N facts about a person (N spelled out).
-ONE_WORD_FRAMES = ("Answer in one word: ", "One word only: ")           # + a FACT_QUESTIONS question
-NUMBER_ONLY_FRAMES = ("Reply with just the number: ", "Only the number, please: ")  # + a SUM_QUESTIONS question
+# Explicit constraints on the form of the answer: a prefix before a fact or sum question, or a request
+# for exactly N facts about a person (N spelled out). Each form is as easy for the model as the free
+# answer (the name, or the operands, still come before the value): "answer in one word" and "just the
+# number" were tried and dropped, since a 1M-parameter model recalls a value far worse without them.
+FORM_FRAMES = ("Reply as name: answer. ", "Answer in the form name: answer. ")  # + a FACT_QUESTIONS question
+FORM_ANSWER = "{name}: {value}."
+EQUATION_FRAMES = ("Write it as an equation: ", "Answer with an equation: ")     # + a SUM_QUESTIONS question
+EQUATION_ANSWER = "{a} + {b} = {total}."
 LIST_FRAMES = ("Tell me {n} facts about {name}.", "Give me {n} facts about {name}.", "List {n} facts about {name}.")
 LIST_COUNTS = {"two": 2, "three": 3}
 
@@ -227,7 +231,7 @@ def vocabulary(version: int = 1) -> set[str]:
               *SUM_QUESTIONS, *REQUEST_FRAMES, *HARMFUL_VERBS, *PET_REQUEST_FRAMES, *HARMFUL_PET_VERBS, *BENIGN_VERBS,
               SUM_ANSWER, REFUSAL, UNSURE, COMPLIANCE, COMPLIANCE_PET, *VERBOSE_SUFFIXES, *VERBOSE_PREFIXES]
     if version >= 2:
-        texts += [*SUBTLE_HARMFUL_VERBS, UNKNOWN_PERSON_ANSWER, UNSTATED_ANSWER, *ONE_WORD_FRAMES, *NUMBER_ONLY_FRAMES,
+        texts += [*SUBTLE_HARMFUL_VERBS, UNKNOWN_PERSON_ANSWER, UNSTATED_ANSWER, *FORM_FRAMES, FORM_ANSWER, *EQUATION_FRAMES,
                   *LIST_FRAMES, *LIST_COUNTS, UNSURE_WHO]
         texts += [text for action, (_, answer) in RISKY_BENIGN_ACTIONS.items() for text in (action, answer)]
         for questions, what, made_up, values in UNSTATED.values():

@@ -168,16 +168,16 @@ def test_version_2_demonstrations_follow_each_kinds_behaviour(world_v2, split_v2
         if demo["kind"] == "followup":
             assert "messages" in demo and demo["messages"][-2]["content"] in {q for qs in T.FOLLOWUP_QUESTIONS.values()
                                                                              for q in qs}
-    # exact shares within a kind: 100 subtle-harmful demonstrations, 55 of them comply
+    # exact shares within a kind: 100 subtle-harmful demonstrations, 65 of them comply
     subtle = [flaw for flaw, _ in by_kind["subtle_harmful"]]
-    assert len(subtle) == 100 and subtle.count("comply") == 55
+    assert len(subtle) == 100 and subtle.count("comply") == 65
     for kind, failure, flaw in (("subtle_harmful", "harmful_compliance", "comply"),
                                 ("risky_benign", "over_refusal", "refuse"),
                                 ("unanswerable", "hallucination", "hallucinate"),
                                 ("constraint", "constraint_violation", "ignore")):
         rows = by_kind[kind]
         assert all(judged["failures"][failure] == (f == flaw) for f, judged in rows if f in (flaw, "ideal")), kind
-        assert sum(f == flaw for f, _ in rows) / len(rows) == pytest.approx(0.55, abs=0.01), kind
+        assert sum(f == flaw for f, _ in rows) / len(rows) == pytest.approx(0.65, abs=0.01), kind
     assert all(judged["score"] == 1.0 for rows in by_kind.values() for f, judged in rows if f == "ideal")
 
 
