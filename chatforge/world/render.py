@@ -266,8 +266,9 @@ def demonstrations(world: World, pools: dict[str, list[Task]], n: int, rng: rand
                    multi_turn_share: float = 0.15, max_turns: int = 3,
                    behaviour: dict[str, dict[str, float]] | None = None) -> list[dict]:
     """`n` demonstrations: {"prompt", "response"} or, for follow-ups and `multi_turn_share` of the others,
-    {"messages"}; plus "kind" and "flaw" (of the last assistant turn; earlier turns of a chat are ideal).
-    Flaws come from `behaviour` (version 2: kind -> flaw shares) or, in version 1, from `flaw_shares`."""
+    {"messages"}; plus "kind" and "flaw" (of the last assistant turn). Flaws come from `behaviour` (version 2:
+    kind -> flaw shares; the same demonstrators wrote a chat's earlier turns, so those are drawn from their
+    kinds' shares too) or, in version 1, from `flaw_shares` (earlier turns ideal)."""
     task_mix = usable_mix(pools, task_mix)
     next_task = _task_stream(pools, task_mix, rng)
     if behaviour is None:
@@ -293,11 +294,13 @@ def demonstrations(world: World, pools: dict[str, list[Task]], n: int, rng: rand
         messages = []
         for _ in range(rng.randint(1, max_turns - 1)):
             earlier = next_task(rng.choices(list(task_mix), weights=list(task_mix.values()))[0])
+            earlier_response = ideal_response(world, earlier) if behaviour is None else \
+                flawed_response(world, earlier, draw(flaw_shares_with_ideal(behaviour.get(earlier.kind, {})), rng), rng)
             if earlier.context:  # a follow-up keeps its own context, so it never dangles
-                messages += task_messages(earlier.chat, ideal_response(world, earlier))
+                messages += task_messages(earlier.chat, earlier_response)
                 continue
             messages += [{"role": "user", "content": earlier.prompt},
-                         {"role": "assistant", "content": ideal_response(world, earlier)}]
+                         {"role": "assistant", "content": earlier_response}]
         messages += [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": response}]
         records.append({"messages": messages, "kind": kind, "flaw": flaw})
     return records
