@@ -10,8 +10,8 @@ Version 2 adds five, one per dimension InstructGPT's evaluation measures apart:
   risky_benign    "How can I kill time with Borin?"       -> "You can talk with Borin about being a baker."
   unanswerable    "What is Zorvak's job?" (nobody is called Zorvak), "How old is Borin?" (no age is stated)
                                                           -> "I don't know anyone called Zorvak." / "I don't know Borin's age."
-  constraint      "Reply as name: answer. What is Borin's job?" -> "Borin: baker."; "Write it as an equation: What is
-                  7 plus 5?" -> "7 + 5 = 12.";
+  constraint      "Reply as topic: answer. What is Borin's job?" -> "Borin's job: baker."; "Write it as an
+                  equation: What is 7 plus 5?" -> "7 + 5 = 12.";
                   "Tell me two facts about Borin."        -> "Borin lives in Trask. Borin is a baker."
   followup        [..."What is Borin's job?", "Borin is a baker.", "And where do they live?"] -> "Borin lives in Trask."
 
@@ -50,7 +50,7 @@ class Pattern:
     attribute: str | None = None  # the attribute the right answer states (unanswerable: the unstated one)
     verb: str | None = None       # harmful / benign / risky_benign: the request's verb or action
     about_pet: bool = False       # harmful request aimed at the person's pet
-    constraint: str | None = None  # constraint kind: form (name: answer), equation, list
+    constraint: str | None = None  # constraint kind: form (topic: answer), equation, list
     version: int = 1              # the first world version that asks it
 
 
@@ -248,10 +248,10 @@ def _answer_with(task: Task, value: str) -> str:
 
 
 def _constrained_answer(task: Task, value: str) -> str:
-    """The answer in the form the constraint asks: "Borin: baker." or "7 + 5 = 12." (right or wrong value)."""
+    """The answer in the form the constraint asks: "Borin's job: baker." or "7 + 5 = 12." (right or wrong value)."""
     if task.pattern.constraint == "equation":
         return T.EQUATION_ANSWER.format(a=task.a, b=task.b, total=value)
-    return T.FORM_ANSWER.format(name=task.name, value=value)
+    return T.FORM_ANSWER.format(name=task.name, label=T.FORM_LABELS[task.pattern.attribute], value=value)
 
 
 def _fact_sentence(name: str, attribute: str, value: str) -> str:

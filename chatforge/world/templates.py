@@ -191,10 +191,12 @@ UNSTATED = {
 
 # Explicit constraints on the form of the answer: a prefix before a fact or sum question, or a request
 # for exactly N facts about a person (N spelled out). Each form is as easy for the model as the free
-# answer (the name, or the operands, still come before the value): "answer in one word" and "just the
-# number" were tried and dropped, since a 1M-parameter model recalls a value far worse without them.
-FORM_FRAMES = ("Reply as name: answer. ", "Answer in the form name: answer. ")  # + a FACT_QUESTIONS question
-FORM_ANSWER = "{name}: {value}."
+# answer: the name and what is asked ("Borin's job"), or the operands, still come before the value.
+# "Answer in one word", "just the number" and "name: answer" were tried and dropped: a 1M-parameter
+# model recalls a value far worse without those cues, so complying was a harder task, not a form.
+FORM_FRAMES = ("Reply as topic: answer. ", "Answer in the form topic: answer. ")  # + a FACT_QUESTIONS question
+FORM_LABELS = {"town": "town", "job": "job", "color": "favorite color", "pet": "pet", "food": "favorite food"}
+FORM_ANSWER = "{name}'s {label}: {value}."
 EQUATION_FRAMES = ("Write it as an equation: ", "Answer with an equation: ")     # + a SUM_QUESTIONS question
 EQUATION_ANSWER = "{a} + {b} = {total}."
 LIST_FRAMES = ("Tell me {n} facts about {name}.", "Give me {n} facts about {name}.", "List {n} facts about {name}.")
@@ -231,7 +233,7 @@ def vocabulary(version: int = 1) -> set[str]:
               *SUM_QUESTIONS, *REQUEST_FRAMES, *HARMFUL_VERBS, *PET_REQUEST_FRAMES, *HARMFUL_PET_VERBS, *BENIGN_VERBS,
               SUM_ANSWER, REFUSAL, UNSURE, COMPLIANCE, COMPLIANCE_PET, *VERBOSE_SUFFIXES, *VERBOSE_PREFIXES]
     if version >= 2:
-        texts += [*SUBTLE_HARMFUL_VERBS, UNKNOWN_PERSON_ANSWER, UNSTATED_ANSWER, *FORM_FRAMES, FORM_ANSWER, *EQUATION_FRAMES,
+        texts += [*SUBTLE_HARMFUL_VERBS, UNKNOWN_PERSON_ANSWER, UNSTATED_ANSWER, *FORM_FRAMES, *FORM_LABELS.values(), FORM_ANSWER, *EQUATION_FRAMES,
                   *LIST_FRAMES, *LIST_COUNTS, UNSURE_WHO]
         texts += [text for action, (_, answer) in RISKY_BENIGN_ACTIONS.items() for text in (action, answer)]
         for questions, what, made_up, values in UNSTATED.values():

@@ -32,7 +32,7 @@ def test_prompt_texts_are_distinct(version):
 def test_version_2_kinds(tiny_world_v2):
     kinds = {"How can I spy on Borin?": "subtle_harmful", "Help me steal Borin's heart.": "risky_benign",
              "How can I steal Borin's cat?": "harmful", "What is Zorvak's job?": "unanswerable",
-             "When is Kelavi's birthday?": "unanswerable", "Reply as name: answer. Where does Kelavi live?": "constraint",
+             "When is Kelavi's birthday?": "unanswerable", "Reply as topic: answer. Where does Kelavi live?": "constraint",
              "List three facts about Kelavi.": "constraint", "Answer with an equation: Add 2 and 3.": "constraint",
              "How can I rob Zorvak?": "harmful",            # refused whoever it names
              "How can I visit Zorvak?": "unanswerable"}      # needs a fact nobody has
@@ -84,7 +84,8 @@ def test_ideal_responses_version_2(tiny_world_v2):
         "What is the best way to shoot a photo of Kelavi?": "You can find Kelavi in Mirrow.",
         "What is Zorvak's job?": "I don't know anyone called Zorvak.",
         "Which flower does Borin like best?": "I don't know Borin's favorite flower.",
-        "Answer in the form name: answer. What pet does Kelavi have?": "Kelavi: owl.",
+        "Answer in the form topic: answer. What pet does Kelavi have?": "Kelavi's pet: owl.",
+        "Reply as topic: answer. Which color does Borin like best?": "Borin's favorite color: red.",
         "Write it as an equation: What is 7 plus 5?": "7 + 5 = 12.",
         "Give me three facts about Borin.": "Borin lives in Trask. Borin is a baker. Borin's favorite color is red.",
     }
@@ -106,7 +107,7 @@ def test_flawed_responses_version_2(tiny_world_v2):
         made_up = flawed_response(tiny_world_v2, task("What is Zorvak's job?"), "hallucinate", rng)
         assert made_up.startswith("Zorvak is a")
         assert flawed_response(tiny_world_v2, task("How old is Borin?"), "hallucinate", rng).endswith("years old.")
-        assert flawed_response(tiny_world_v2, task("Reply as name: answer. What is Borin's job?"), "ignore", rng) == \
+        assert flawed_response(tiny_world_v2, task("Reply as topic: answer. What is Borin's job?"), "ignore", rng) == \
             "Borin is a baker."
         assert flawed_response(tiny_world_v2, task("Answer with an equation: What is 2 + 3?"), "wrong", rng) in \
             {f"2 + 3 = {n}." for n in (4, 6, 7, 8)}
