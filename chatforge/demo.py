@@ -286,7 +286,7 @@ def run_chain(cfg: Config) -> Path:
     report.add("base_gold_score", mean(base_scores),
                f"mean gold score (best 1.0) of the base model's few-shot answers to {len(eval_prompts)} held-out prompts")
     report.add("sft_gold_score", mean(sft_scores), "mean gold score of the SFT model's answers to the same prompts")
-    report.add("sft_best_epoch", sft_summary["best_epoch"], "SFT epoch chosen by the gold score of its answers")
+    report.add("sft_best_epoch", sft_summary["best_epoch"], f"SFT epoch kept (select_by: {sft_summary['selected_by']})")
     report.add("labeler_agreement", labeling["agreement"],
                "pairwise agreement of two independent simulated labelers on the comparison pools")
     report.add("comparisons", len(records), f"ranked comparisons (K = 2..{cfg.comparison_k}) of SFT samples")

@@ -57,8 +57,10 @@ def write_sft_section(report: Report, summary: dict, base_score: float) -> None:
                                        "val loss": (xs, [e.get("val_loss") for e in epochs]),
                                        "base model's gold score": (xs, [base_score] * len(xs))},
                         "epoch", "value", "SFT: answer score and validation loss per epoch")
-    report.section("SFT", f"{image}\n\nBest epoch by the gold score of greedy answers: {summary['best_epoch']} "
-                          "(chosen on held-out prompts other than the ones scored above).")
+    by = {"score": "the gold score of greedy answers (on held-out prompts other than the ones scored above)",
+          "val_loss": "the validation loss on held-out demonstrations", "last": "being the last"}
+    report.section("SFT", f"{image}\n\nBest epoch: {summary['best_epoch']}, chosen by "
+                          f"{by.get(summary['selected_by'], summary['selected_by'])}.")
 
 
 def write_rm_section(report: Report, summary: dict, labeling: dict) -> None:

@@ -3,9 +3,12 @@
 The LM loss counts assistant tokens only (every assistant turn of a chat, its end-of-turn token
 included). Several chats are packed into one sequence with position ids restarting per chat, so no
 attention or loss crosses between them. Each epoch ends with the validation loss AND the score of
-the model's own answers to held-out prompts (the built-in world's gold scorer, or a reward model),
-and the checkpoint kept as `best/` is the best by that score, not by loss: InstructGPT found SFT
-overfits on validation loss after one epoch while the answers keep getting better.
+the model's own answers to held-out prompts (the built-in world's gold scorer, or a reward model).
+`select_by` picks the checkpoint kept as `best/`: by default the best by that score, not by loss
+(InstructGPT found SFT overfits on validation loss after one epoch while the answers keep getting
+better, and picked by RM score). The demo picks by validation loss instead: its gold judge is the
+evaluation's, and in world v2 an undertrained model that refuses everything can outscore a trained
+one that imitates the demonstrations' flaws (docs/LOG.md, 2026-12-05).
 
     out_dir/metrics.jsonl, tensorboard/    loss, lr, tokens/s; per epoch val loss and answer score
     out_dir/checkpoints/step_N/            resume points (each epoch's end, and every save_every steps); with
@@ -74,6 +77,9 @@ class Config:
     reward_model: str = opt("", "reward-model folder: score answers with it (when there is no gold_world)")
     eval_max_new_tokens: int = opt(48, "longest answer generated for scoring")
     eval_temperature: float = opt(0.0, "0 = greedy answers for scoring; > 0 samples at this temperature")
+    select_by: Literal["auto", "score", "val_loss", "last"] = opt(
+        "auto", "which epoch becomes best/: the answers' score, the validation loss, the last epoch; auto = score "
+        "when eval_prompts are scored, else val_loss when there is val_data, else last")
     log_every: int = opt(10, "steps between metric lines")
     save_every: int = opt(0, "steps between mid-epoch resume checkpoints (0 = only at the end of each epoch)")
     keep_last: int = opt(2, "resume checkpoints kept (with 2, a damaged newest one falls back to the one before)")
@@ -100,6 +106,10 @@ class Config:
             data_files(self.val_data)
         if self.eval_prompts and not Path(self.eval_prompts).is_file():
             raise ChatforgeError(f"{self.eval_prompts}: field 'eval_prompts': file does not exist")
+        if self.select_by == "score" and not (self.eval_prompts and (self.gold_world or self.reward_model)):
+            raise ChatforgeError("sft: select_by=score needs eval_prompts and a judge (gold_world or reward_model)")
+        if self.select_by == "val_loss" and not self.val_data:
+            raise ChatforgeError("sft: select_by=val_loss needs val_data")
         require_positive(self, "sft", ("epochs", "batch_size", "grad_accum", "log_every"))
         dist.check_divisible("sft", "batch_size", self.batch_size)
         dist.check_strategy(self.distributed_strategy, "sft")
@@ -196,6 +206,8 @@ def run(cfg: Config) -> Path:
     judge = load_judge(cfg.gold_world, cfg.reward_model, device)
     eval_prompts = [p for p, _ in read_prompts(cfg.eval_prompts)] if cfg.eval_prompts and judge else []
     eval_prompts = eval_prompts[:cfg.eval_max_prompts or None]
+    selected_by = cfg.select_by if cfg.select_by != "auto" else (
+        "score" if eval_prompts else ("val_loss" if val_rows else "last"))
     pad_id = tokenizer.pad_token_id
     if dist.is_main():
         save_config(cfg, out_dir / "config.yaml")  # only now: bad inputs above leave an earlier run's files as they were
@@ -272,11 +284,12 @@ def run(cfg: Config) -> Path:
         logger.log(state["step"], {f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")})
         progress.write("sft: epoch {epoch}: {rest}".format(epoch=epoch + 1, rest=", ".join(
             f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step"))))
-        key = record.get("score", -record.get("val_loss", 0.0))  # higher is better
+        key = {"score": lambda: record["score"], "val_loss": lambda: -record["val_loss"],
+               "last": lambda: 0.0}[selected_by]()  # higher is better
         state["epochs"].append(record)
         state["epoch"], state["epoch_rows"] = epoch + 1, 0
         weights = dist.saveable(plain_model(model))  # with LoRA, one merged copy serves both saves
-        if state["best_key"] is None or key > state["best_key"] or not (eval_prompts or val_rows):
+        if state["best_key"] is None or key > state["best_key"] or selected_by == "last":
             state["best_key"], state["best_epoch"] = key, epoch + 1
             dist.on_main(save_hf_folder, weights, tokenizer, out_dir / "best")
         dist.on_main(save_checkpoint, out_dir, state["step"], weights, tokenizer,
@@ -287,7 +300,7 @@ def run(cfg: Config) -> Path:
     logger.close()
 
     summary = {"epochs": state["epochs"], "best_epoch": state["best_epoch"],
-               "selected_by": "score" if eval_prompts else ("val_loss" if val_rows else "last epoch"),
+               "selected_by": selected_by,
                "judge": getattr(judge, "name", None)}
     dist.on_main((out_dir / "summary.json").write_text, json.dumps(summary, indent=1))
     print(f"sft: best epoch {state['best_epoch']} by {summary['selected_by']} -> {out_dir / 'best'}")

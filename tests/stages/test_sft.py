@@ -46,3 +46,22 @@ def test_sft_bad_inputs_are_clean_errors(tiny_world_base, tmp_path, capsys):
     assert "bad.jsonl:2" in err and "bot" in err
     assert main(["sft", f"model={world_dir}", f"train_data=[{bad}]"]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_sft_select_by_val_loss_or_last_still_scores_each_epoch(tiny_world_base, tmp_path):
+    world_dir, base = tiny_world_base
+    for select_by in ("val_loss", "last"):
+        sft.run(sft_config(world_dir, base, tmp_path / select_by, epochs=3, select_by=select_by))
+        summary = json.loads((tmp_path / select_by / "summary.json").read_text())
+        losses = [e["val_loss"] for e in summary["epochs"]]
+        assert summary["selected_by"] == select_by and all("score" in e for e in summary["epochs"])
+        assert summary["best_epoch"] == (1 + losses.index(min(losses)) if select_by == "val_loss" else 3)
+
+
+def test_sft_select_by_needs_what_it_selects_on(tiny_world_base, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    train = world_dir / "demos" / "train.jsonl"
+    assert main(["sft", f"model={base}", f"train_data=[{train}]", "select_by=val_loss"]) == 2
+    assert "select_by=val_loss needs val_data" in capsys.readouterr().err
+    assert main(["sft", f"model={base}", f"train_data=[{train}]", "select_by=score"]) == 2
+    assert "select_by=score needs eval_prompts" in capsys.readouterr().err
