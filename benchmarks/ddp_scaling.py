@@ -14,7 +14,6 @@ Usage: python benchmarks/ddp_scaling.py [--repeats 3] [--steps 30] [--preset tin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -50,8 +49,9 @@ def run_pretrain(processes: int, corpus: Path, tok: Path, out_dir: Path, args) -
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
         raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-    rates = [json.loads(line)["train/tokens_per_s"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()
-             if "train/tokens_per_s" in line]
+    from chatforge.metrics import read_metrics
+
+    rates = [m["train/tokens_per_s"] for m in read_metrics(out_dir) if "train/tokens_per_s" in m]
     return statistics.median(rates[1:] or rates)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatforge.config import load_config, opt
+from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
 from chatforge.eval.facts import fact_accuracy, load_clozes
@@ -102,16 +103,6 @@ def parse_seeds(seeds: list[int] | str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ChatforgeError(f"demo: field 'seeds': {seeds} names a seed twice")
     return list(seeds)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def few_shot_examples(world_dir: Path) -> list[tuple[str, str]]:

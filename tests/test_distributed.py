@@ -18,6 +18,7 @@ import torch
 
 from chatforge import distributed as dist
 from chatforge.cli import main
+from chatforge.data.jsonl import write_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.metrics import read_metrics
 from chatforge.runtime import enable_gradient_checkpointing, on_device
@@ -78,8 +79,8 @@ def comparisons(tiny_world_base, tmp_path_factory):
     pools = [(p, list(dict.fromkeys(r))) for p, r in pools if len(set(r)) >= 2]
     records, _ = label_pools(GoldScorer(world), pools, n_labelers=3, agreement=0.9)
     root = tmp_path_factory.mktemp("dist_comparisons")
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[16:]))
-    (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:16]))
+    write_jsonl(root / "train.jsonl", records[16:])
+    write_jsonl(root / "val.jsonl", records[:16])
     return root / "train.jsonl", root / "val.jsonl"
 
 

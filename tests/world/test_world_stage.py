@@ -6,6 +6,7 @@ import pytest
 
 from chatforge.cli import main
 from chatforge.config import load_config
+from chatforge.data.jsonl import read_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _read(out: Path, name: str) -> list[dict]:
-    return [json.loads(line) for line in (out / name).read_text().splitlines()]
+    return read_jsonl(out / name)
 
 
 def test_run_writes_every_file_and_reloads(tmp_path, capsys):
