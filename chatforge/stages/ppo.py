@@ -311,7 +311,7 @@ def run(cfg: Config) -> Path:
         scores = scores - cfg.missing_eos_penalty * (1.0 - finished)
         rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores, state["kl_coef"])
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = dist.whiten(advantages, mask)  # mean and variance over every rank's rollouts
+        advantages = dist.whiten_across_ranks(advantages, mask)  # mean and variance over every rank's rollouts
         rollout_batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages,
                              returns=returns)
         scored = time.perf_counter()
