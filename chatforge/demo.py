@@ -1,7 +1,7 @@
 """The built-in end-to-end run on CPU in minutes:
 
     world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
-    simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT,
+    simulated labelers) -> rm -> ppo (ptx_coef 0) and ppo-ptx (ptx_coef > 0) -> eval of both against SFT,
     plus, when asked for, plain PPO with a weak KL penalty (weak_kl_coef > 0), whose curves look for reward
     over-optimization, and plain PPO against the gold judge instead of the RM (oracle_run: what a perfect RM
     would give)
