@@ -28,7 +28,7 @@ def make_corpus(folder: Path) -> tuple[Path, Path]:
     """A corpus and tokenizer from the built-in world (small, written once)."""
     sys.path.insert(0, str(ROOT))
     from chatforge.stages import tokenizer
-    from chatforge.world import stage as world_stage
+    from chatforge.stages import world as world_stage
 
     world = world_stage.run(world_stage.Config(out_dir=folder / "world", n_people=20, n_towns=6, train_docs=3000,
                                                val_docs=10, train_demos=10, val_demos=5, rl_prompts=10,

@@ -58,7 +58,7 @@ from chatforge.models.io import save_hf_folder  # noqa: E402
 from chatforge.models.presets import llama_config  # noqa: E402
 from chatforge.models.reward import build_reward_model, score_head  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
-from chatforge.world import stage as world_stage  # noqa: E402
+from chatforge.stages import world as world_stage  # noqa: E402
 
 MAX_LEN = 512
 LEARNING_RATE = 1e-5

@@ -35,10 +35,10 @@ from chatforge.models.presets import llama_config  # noqa: E402
 from chatforge.stages import rm, sft  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
 from chatforge.world import render  # noqa: E402
-from chatforge.world import stage as world_stage  # noqa: E402
-from chatforge.world.collect import label_pools  # noqa: E402
+from chatforge.stages import world as world_stage  # noqa: E402
 from chatforge.world.facts import World  # noqa: E402
 from chatforge.world.gold import GoldScorer  # noqa: E402
+from chatforge.world.labeler import label_pools  # noqa: E402
 from chatforge.world.tasks import all_tasks  # noqa: E402
 
 BATCH = 8

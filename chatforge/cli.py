@@ -14,7 +14,7 @@ from chatforge.errors import ChatforgeError
 
 COMMANDS = {
     "curate": ("chatforge.stages.curate", "curate raw documents: dedup (exact, MinHash-LSH), quality filter, mixture weights"),
-    "world": ("chatforge.world.stage", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
+    "world": ("chatforge.stages.world", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
     "tokenizer": ("chatforge.stages.tokenizer", "train a byte-level BPE tokenizer with chat special tokens"),
     "pretrain": ("chatforge.stages.pretrain", "pretrain (or continue) a decoder-only causal LM"),
     "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best checkpoint by answer score"),

@@ -28,16 +28,16 @@ from pathlib import Path
 
 from chatforge.config import load_config, opt
 from chatforge.data.jsonl import read_jsonl, write_jsonl
-from chatforge.eval.answers import chat_answers, fewshot_answers
-from chatforge.eval.baselines import unigram_loss
-from chatforge.eval.facts import fact_accuracy, load_clozes
-from chatforge.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
-                                   sampled_results, write_answers_section, write_dimensions_section,
-                                   write_facts_section, write_ppo_section, write_pretrain_section, write_rm_section,
-                                   write_seeds_report, write_sft_section)
 from chatforge.errors import ChatforgeError
+from chatforge.eval.answers import chat_answers, fewshot_answers, sample_pools
+from chatforge.eval.baselines import unigram_loss
 from chatforge.eval.compare import heldout_perplexity, mean, win_rate
+from chatforge.eval.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
+                                        sampled_results, write_answers_section, write_dimensions_section,
+                                        write_facts_section, write_ppo_section, write_pretrain_section,
+                                        write_rm_section, write_seeds_report, write_sft_section)
 from chatforge.eval.dimensions import gold_scores
+from chatforge.eval.facts import fact_accuracy, load_clozes
 from chatforge.eval.judges import GoldJudge
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
@@ -45,9 +45,8 @@ from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm, load_tokenizer
 from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, pretrain, rm, sft, tokenizer
-from chatforge.world import stage as world_stage
-from chatforge.world.collect import label_pools, sample_pools
-from chatforge.world.labeler import read_labeler_file
+from chatforge.stages import world as world_stage
+from chatforge.world.labeler import label_pools, read_labeler_file
 
 
 @dataclass

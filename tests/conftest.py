@@ -42,7 +42,7 @@ def tiny_world_base(tmp_path_factory):
     so tests check mechanics (files, metrics, selection), not quality.
     """
     from chatforge.stages import pretrain, tokenizer
-    from chatforge.world import stage as world_stage
+    from chatforge.stages import world as world_stage
 
     root = tmp_path_factory.mktemp("tiny_world")
     world_dir = world_stage.run(world_stage.Config(

@@ -69,9 +69,9 @@ def ppo_args(world_dir, policy, reward_model, out_dir):
 def comparisons(tiny_world_base, tmp_path_factory):
     """Ranked comparisons of flawed responses from the tiny world (no model needed)."""
     from chatforge.world import render
-    from chatforge.world.collect import label_pools
     from chatforge.world.facts import World
     from chatforge.world.gold import GoldScorer
+    from chatforge.world.labeler import label_pools
     from chatforge.world.tasks import all_tasks
 
     world = World.load(tiny_world_base[0] / "world.json")

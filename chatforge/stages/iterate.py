@@ -45,6 +45,7 @@ from chatforge.config import load_config, opt, require_positive, save_config
 from chatforge.data.formats import data_files, read_comparisons, read_prompts
 from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.errors import ChatforgeError
+from chatforge.eval.answers import sample_pools
 from chatforge.eval.compare import mean
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
@@ -52,9 +53,8 @@ from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
 from chatforge.models.reward import check_reward_model_dir
 from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, rm
-from chatforge.world.collect import label_pools, sample_pools
 from chatforge.world.gold import GoldScorer
-from chatforge.world.labeler import read_labeler_file
+from chatforge.world.labeler import label_pools, read_labeler_file
 
 
 @dataclass

@@ -12,9 +12,9 @@ from chatforge.metrics import read_metrics
 from chatforge.models.reward import load_reward_model
 from chatforge.stages import rm
 from chatforge.world import render
-from chatforge.world.collect import label_pools
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
+from chatforge.world.labeler import label_pools
 from chatforge.world.tasks import all_tasks
 
 

@@ -37,7 +37,7 @@ from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
 from chatforge.world.labeler import (DEFAULT_LEANINGS, LABELER_FILE, LEANING_FEATURES, calibrate_noise,
                                      expected_panel_agreement, gold_pools, panel_pools)
-from chatforge.world.tasks import FLAWS, KINDS, KINDS_V1
+from chatforge.world.tasks import KINDS, KINDS_V1
 from chatforge.world.templates import TOWN_POOL
 
 # which flaws a version-2 behaviour table may give each kind (tasks.flawed_response)

@@ -11,7 +11,7 @@ from chatforge.errors import ChatforgeError
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
 from chatforge.world.labeler import SimulatedLabeler
-from chatforge.world.stage import Config, run
+from chatforge.stages.world import Config, run
 
 SMALL = dict(n_people=12, n_towns=4, train_docs=200, val_docs=20, train_demos=100, val_demos=20,
              rl_prompts=50, eval_prompts=40, calibration_prompts=100)
