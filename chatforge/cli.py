@@ -18,6 +18,7 @@ COMMANDS = {
     "tokenizer": ("chatforge.stages.tokenizer", "train a byte-level BPE tokenizer with chat special tokens"),
     "pretrain": ("chatforge.stages.pretrain", "pretrain (or continue) a decoder-only causal LM"),
     "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best checkpoint by answer score"),
+    "rank": ("chatforge.stages.rank", "comparisons for the RM: K samples a prompt, ranked by simulated labelers"),
     "rm": ("chatforge.stages.rm", "train a reward model on ranked comparisons (K-wise ranking loss)"),
     "ppo": ("chatforge.stages.ppo", "RLHF: PPO(-ptx) of the policy against a reward model, with a critic and a KL penalty"),
     "iterate": ("chatforge.stages.iterate", "iterated RLHF: sample the policy, rank, retrain the RM, PPO again; N rounds"),
