@@ -273,7 +273,8 @@ def config_help(cls) -> str:
         rows.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r})\n      {f.metadata.get('help', '')}")
     renamed = getattr(cls, "RENAMED", {})
     if renamed:
-        rows.append("old names still read (with a warning): " + ", ".join(f"{old} -> {new}" for old, new in renamed.items()))
+        rows.append("old names still read (with a warning): "
+                    + ", ".join(f"{old} -> {new}" for old, new in renamed.items()))
     return "\n".join(rows)
 
 

@@ -111,9 +111,9 @@ def test_an_old_key_still_loads_with_a_warning_naming_where_it_was(tmp_path, cap
 def test_an_old_key_beside_its_new_name_is_an_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("discount: 0.9\ngamma: 0.9\n")
-    with pytest.raises(ChatforgeError, match=r"c.yaml:2: 'gamma' is the old name of 'discount', which the file sets too"):
+    with pytest.raises(ChatforgeError, match=r"c.yaml:2: 'gamma' is the old name of 'discount', which the file sets"):
         load_config(Renamed, path)
-    with pytest.raises(ChatforgeError, match="wrong type|expected a number"):
+    with pytest.raises(ChatforgeError, match="field 'discount': expected a number"):
         load_config(Renamed, None, ["gamma=[1]"])
 
 
