@@ -8,6 +8,8 @@
 # Extra space-separated key=value overrides per stage go in WORLD_ARGS, TOKENIZER_ARGS, PRETRAIN_ARGS, SFT_ARGS,
 # RANK_ARGS, RM_ARGS, PPO_ARGS (both PPO runs) and REPORT_ARGS (`chatforge demo` keys, e.g. eval_prompts=20
 # eval.samples_per_prompt=1). CHATFORGE is the command to run (default: chatforge; e.g. .venv/bin/chatforge).
+# Like `make demo`, every command uses torch's default number of CPU threads (OMP_NUM_THREADS sets it for both):
+# sums split over another number of threads can change the last digits of the numbers.
 set -euo pipefail
 
 RUN="${1:-runs/pipeline}"
