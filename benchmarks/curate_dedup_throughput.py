@@ -39,6 +39,7 @@ SHINGLE, BANDS, ROWS, THRESHOLD, NUM_PERM = 5, 14, 9, 0.7, 128
 
 def make_corpus(root: Path, pages: int) -> tuple[Path, Path]:
     """The crawl in two JSONL files under root/data (in crawl order) and its truth."""
+    from chatforge.data.jsonl import write_jsonl
     from chatforge.world.crawl import CrawlConfig, render_crawl
 
     crawl = render_crawl(CrawlConfig(pages=pages, reference_docs=1, heldout_docs=1))
@@ -47,9 +48,8 @@ def make_corpus(root: Path, pages: int) -> tuple[Path, Path]:
     docs = crawl["crawl.jsonl"]
     half = len(docs) // 2
     for name, part in (("part-0.jsonl", docs[:half]), ("part-1.jsonl", docs[half:])):
-        (data / name).write_text("".join(json.dumps({"text": d["text"], "id": str(d["id"])}) + "\n" for d in part))
-    truth = root / "truth.jsonl"
-    truth.write_text("".join(json.dumps(t) + "\n" for t in crawl["truth.jsonl"]))
+        write_jsonl(data / name, [{"text": d["text"], "id": str(d["id"])} for d in part])
+    truth = write_jsonl(root / "truth.jsonl", crawl["truth.jsonl"])
     return data, truth
 
 

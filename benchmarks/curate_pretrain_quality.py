@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatforge.config import load_config  # noqa: E402
+from chatforge.data.jsonl import write_jsonl  # noqa: E402
+from chatforge.metrics import read_metrics  # noqa: E402
 from chatforge.stages import curate, pretrain  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
 
@@ -44,8 +46,7 @@ def raw_sample(crawl: Path, words: int, out: Path, seed: int = 0) -> int:
         total += len(doc.split())
     if total < words:
         sys.exit(f"the raw crawl holds only {total} words, fewer than --words {words}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in taken))
+    write_jsonl(out, [{"text": doc} for doc in taken])
     return total
 
 
@@ -80,7 +81,7 @@ def main() -> None:
                 "out_dir": str(out), "max_steps": args.steps, "model_overrides": MODEL, "seq_len": 128, "batch_size": 16, "warmup_steps": 20,
                 "eval_every": 0, "save_every": 0, "val_tokens": 1 << 20, "seed": seed, "num_threads": 1,
                 "tensorboard": False, "device": "cpu"}))
-            evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"val/loss"' in line]
+            evals = [m for m in read_metrics(out) if "val/loss" in m]
             losses[name].append(evals[-1]["val/loss"])
             print(f"  {name} seed {seed}: held-out loss {losses[name][-1]:.4f}", flush=True)
 

@@ -14,7 +14,6 @@ Usage: python benchmarks/ddp_scaling.py [--repeats 3] [--steps 30] [--preset tin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ def make_corpus(folder: Path) -> tuple[Path, Path]:
     """A corpus and tokenizer from the built-in world (small, written once)."""
     sys.path.insert(0, str(ROOT))
     from chatforge.stages import tokenizer
-    from chatforge.world import stage as world_stage
+    from chatforge.stages import world as world_stage
 
     world = world_stage.run(world_stage.Config(out_dir=folder / "world", n_people=20, n_towns=6, train_docs=3000,
                                                val_docs=10, train_demos=10, val_demos=5, rl_prompts=10,
@@ -50,8 +49,9 @@ def run_pretrain(processes: int, corpus: Path, tok: Path, out_dir: Path, args) -
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
         raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-    rates = [json.loads(line)["train/tokens_per_s"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()
-             if "train/tokens_per_s" in line]
+    from chatforge.metrics import read_metrics
+
+    rates = [m["train/tokens_per_s"] for m in read_metrics(out_dir) if "train/tokens_per_s" in m]
     return statistics.median(rates[1:] or rates)
 
 

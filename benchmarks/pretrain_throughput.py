@@ -84,9 +84,9 @@ def train_rate(preset: str, vocab: int, seq_len: int, batch: int, device, amp_dt
 
 def data_rate(seq_len: int) -> float:
     """Blocks of packed tokens per second from a JSONL corpus through the stage's data path."""
-    import json
     import random
 
+    from chatforge.data.jsonl import write_jsonl
     from chatforge.data.packing import PackedBlocks
     from chatforge.stages.tokenizer import build_tokenizer
 
@@ -95,7 +95,7 @@ def data_rate(seq_len: int) -> float:
     docs = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 200))) for _ in range(5000)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.jsonl"
-        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        write_jsonl(path, [{"text": d} for d in docs])
         tokenizer = build_tokenizer(docs[:1000], vocab_size=2048)
         start = time.perf_counter()
         tokens = sum(len(b) - 1 for b in PackedBlocks(path, tokenizer, seq_len).epoch(0))

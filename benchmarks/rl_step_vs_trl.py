@@ -41,7 +41,6 @@ TRL lives in the benchmark's own environment, never in chatforge's:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -53,12 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402
 
+from chatforge.data.jsonl import read_jsonl  # noqa: E402
 from chatforge.metrics import read_metrics  # noqa: E402
 from chatforge.models.io import save_hf_folder  # noqa: E402
 from chatforge.models.presets import llama_config  # noqa: E402
 from chatforge.models.reward import build_reward_model, score_head  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
-from chatforge.world import stage as world_stage  # noqa: E402
+from chatforge.stages import world as world_stage  # noqa: E402
 
 MAX_LEN = 512
 LEARNING_RATE = 1e-5
@@ -93,7 +93,7 @@ def prepare(root: Path, n_prompts: int):
 
 def read_prompts(prompts_file: Path) -> list[list[dict]]:
     """The RL prompts as chat messages (a string prompt becomes one user turn)."""
-    records = [json.loads(line) for line in prompts_file.read_text().splitlines() if line.strip()]
+    records = read_jsonl(prompts_file)
     return [[{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
             for r in records]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import random
 import statistics
 import sys
@@ -31,14 +30,15 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from chatforge.data.chat import tokenize_chat  # noqa: E402
+from chatforge.data.jsonl import read_jsonl, write_jsonl  # noqa: E402
 from chatforge.models.presets import llama_config  # noqa: E402
 from chatforge.stages import rm, sft  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
 from chatforge.world import render  # noqa: E402
-from chatforge.world import stage as world_stage  # noqa: E402
-from chatforge.world.collect import label_pools  # noqa: E402
+from chatforge.stages import world as world_stage  # noqa: E402
 from chatforge.world.facts import World  # noqa: E402
 from chatforge.world.gold import GoldScorer  # noqa: E402
+from chatforge.world.labeler import label_pools  # noqa: E402
 from chatforge.world.tasks import all_tasks  # noqa: E402
 
 BATCH = 8
@@ -71,13 +71,13 @@ def prepare(root: Path, n_demos: int, n_rankings: int):
              for r in rankings for i, j in itertools.combinations(range(4), 2)]
     k4_file = root / "rankings_k4.jsonl"
     pairs_file = root / "pairs.jsonl"
-    k4_file.write_text("".join(json.dumps(r) + "\n" for r in rankings))
-    pairs_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    write_jsonl(k4_file, rankings)
+    write_jsonl(pairs_file, pairs)
     return world_dir, model_dir, tokenizer, k4_file, pairs_file, rankings, pairs
 
 
 def demo_messages(world_dir: Path) -> list[list[dict]]:
-    records = [json.loads(line) for line in (world_dir / "demos" / "train.jsonl").read_text().splitlines()]
+    records = read_jsonl(world_dir / "demos" / "train.jsonl")
     return [r["messages"] if "messages" in r else
             [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
             for r in records]

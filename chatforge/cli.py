@@ -14,10 +14,11 @@ from chatforge.errors import ChatforgeError
 
 COMMANDS = {
     "curate": ("chatforge.stages.curate", "curate raw documents: dedup (exact, MinHash-LSH), quality filter, mixture weights"),
-    "world": ("chatforge.world.stage", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
+    "world": ("chatforge.stages.world", "write the built-in world: corpus, demonstrations, prompts, gold facts"),
     "tokenizer": ("chatforge.stages.tokenizer", "train a byte-level BPE tokenizer with chat special tokens"),
     "pretrain": ("chatforge.stages.pretrain", "pretrain (or continue) a decoder-only causal LM"),
-    "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best checkpoint by answer score"),
+    "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best epoch (answer score or val loss)"),
+    "rank": ("chatforge.stages.rank", "comparisons for the RM: K samples a prompt, ranked by simulated labelers"),
     "rm": ("chatforge.stages.rm", "train a reward model on ranked comparisons (K-wise ranking loss)"),
     "ppo": ("chatforge.stages.ppo", "RLHF: PPO(-ptx) of the policy against a reward model, with a critic and a KL penalty"),
     "iterate": ("chatforge.stages.iterate", "iterated RLHF: sample the policy, rank, retrain the RM, PPO again; N rounds"),
@@ -26,7 +27,8 @@ COMMANDS = {
     "serve": ("chatforge.stages.serve", "serve a chat model: OpenAI-compatible /v1/chat/completions and a chat page"),
     "eval": ("chatforge.stages.evaluate", "compare a checkpoint with a baseline: win rate, reward, KL, perplexity, best-of-n"),
     "label": ("chatforge.stages.label", "labeling web app for human feedback: label serve | create-job | add-labeler | export"),
-    "demo": ("chatforge.demo", "the built-in end-to-end run on CPU, writing runs/demo/report.{md,json}"),
+    "demo": ("chatforge.demo", "the built-in end-to-end run on CPU -> runs/demo/report.{md,json} "
+                               "(report_only=true: only the report, of a chain run by commands)"),
 }
 
 

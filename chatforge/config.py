@@ -2,6 +2,11 @@
 
 Each stage declares its config as a dataclass whose fields carry a help text (`opt(default, "help")`).
 Unknown keys, wrong types and bad values are reported with the file, the line and the field.
+
+A field that was renamed keeps its old name readable for a while: the dataclass lists it in a class
+attribute `RENAMED = {"old_name": "new_name"}` (the new name may be dotted, `"rank.k"`, to move a key into
+a mapping field), and loading a file or override that still uses the old name prints a warning naming
+where it was and what to write instead.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from pathlib import Path
@@ -152,6 +158,25 @@ def _parse_override(item: str):
     return key.strip(), _CommandLineValue(raw, value)
 
 
+def _current_name(cls, key: str, where: str) -> str:
+    """The field name for `key`: the key itself, or for an old name in cls.RENAMED its new name (with a warning)."""
+    new = getattr(cls, "RENAMED", {}).get(key)
+    if new is None:
+        return key
+    print(f"warning: {where}: '{key}' is the old name of '{new}'; write '{new}' instead (the old name will stop "
+          "working)", file=sys.stderr)
+    return new
+
+
+def _has_dotted(values: dict, key: str) -> bool:
+    node = values
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _set_dotted(values: dict, key: str, value):
     parts = key.split(".")
     node = values
@@ -201,12 +226,20 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
         values, lines = read_yaml(path)
         where = str(path)
         sources = {key: f"{path}:{line}" for key, line in lines.items()}
+        for old in [key for key in values if key in getattr(cls, "RENAMED", {})]:
+            new = _current_name(cls, old, sources[old])
+            if _has_dotted(values, new):
+                raise ChatforgeError(f"{sources[old]}: '{old}' is the old name of '{new}', which the file sets too; "
+                                     f"keep only '{new}'")
+            _set_dotted(values, new, values.pop(old))
+            sources.setdefault(new.split(".")[0], sources[old])
     # overrides win over the file; an error in one is reported against where it came from
     if isinstance(overrides, dict):
         pairs, origin = list(overrides.items()), "overrides"
     else:
         pairs, origin = [_parse_override(item) for item in overrides], "command line"
     for key, value in pairs:
+        key = _current_name(cls, key, origin)
         _set_dotted(values, key, value)
         sources[key.split(".")[0]] = origin
     try:
@@ -238,6 +271,10 @@ def config_help(cls) -> str:
         else:
             default = "(required)"
         rows.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r})\n      {f.metadata.get('help', '')}")
+    renamed = getattr(cls, "RENAMED", {})
+    if renamed:
+        rows.append("old names still read (with a warning): "
+                    + ", ".join(f"{old} -> {new}" for old, new in renamed.items()))
     return "\n".join(rows)
 
 

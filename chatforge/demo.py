@@ -1,15 +1,21 @@
 """The built-in end-to-end run on CPU in minutes:
 
-    world -> tokenizer -> pretrain -> base samples -> sft -> comparisons (SFT samples ranked by
-    simulated labelers) -> rm -> ppo (gamma = 0) and ppo-ptx (gamma > 0) -> eval of both against SFT,
-    plus, when asked for, plain PPO with a weak KL penalty (weak_kl_coef > 0), whose curves look for reward
-    over-optimization, and plain PPO against the gold judge instead of the RM (oracle_run: what a perfect RM
-    would give)
+    world -> tokenizer -> pretrain -> sft -> rank (SFT samples ranked by simulated labelers) -> rm
+    -> ppo (ptx_coef 0) and ppo-ptx (ptx_coef > 0), plus, when asked for, plain PPO with a weak KL penalty
+    (weak_kl_coef > 0), whose curves look for reward over-optimization, and plain PPO against the gold judge
+    instead of the RM (oracle_run: what a perfect RM would give)
+    -> report: the base model's fact accuracy and few-shot answers, the greedy answers of every model
+    gold-scored, `chatforge eval` of each PPO policy against SFT (win rates, best-of-n, perplexities,
+    KL), per-dimension failure rates -> run_dir/report.json (the scoreboard) and report.md (with plots)
 
 Each stage reads its own YAML config (named below) and the demo fills in the paths that chain the
-stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rm`,
-`ppo`, `eval`) override fields of those configs, e.g. `chatforge demo pretrain.max_steps=50 world.train_docs=1000`.
-Writes run_dir/report.json (the scoreboard) and run_dir/report.md (with plots).
+stages together under run_dir. The per-stage mappings (`world`, `tokenizer`, `pretrain`, `sft`, `rank`,
+`rm`, `ppo`, `eval`) override fields of those configs, e.g. `chatforge demo pretrain.max_steps=50
+world.train_docs=1000`.
+
+Every stage is also a command, and examples/pipeline.sh runs the same chain as plain `chatforge STAGE`
+commands; `report_only=true` then evaluates and writes the report card of that run folder (the same
+code as the end of `make demo`, so the same numbers).
 
 `seeds=0,1,2` runs the whole chain once per seed into run_dir/seed_N/ (each with its own report card;
 a chain whose report.json exists is not rerun, so an interrupted run resumes), then writes
@@ -21,32 +27,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from chatforge.config import load_config, opt
+from chatforge.data.jsonl import read_jsonl
+from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
-from chatforge.eval.facts import fact_accuracy, load_clozes
-from chatforge.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
-                                   sampled_results, write_answers_section, write_dimensions_section,
-                                   write_facts_section, write_ppo_section, write_pretrain_section, write_rm_section,
-                                   write_seeds_report, write_sft_section)
-from chatforge.errors import ChatforgeError
 from chatforge.eval.compare import heldout_perplexity, mean, win_rate
+from chatforge.eval.demo_report import (add_dimension_numbers, add_intervals, greedy_intervals, overoptimization,
+                                        sampled_results, write_answers_section, write_dimensions_section,
+                                        write_facts_section, write_ppo_section, write_pretrain_section,
+                                        write_rm_section, write_seeds_report, write_sft_section)
 from chatforge.eval.dimensions import gold_scores
+from chatforge.eval.facts import fact_accuracy, load_clozes
 from chatforge.eval.judges import GoldJudge
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
 from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm, load_tokenizer
 from chatforge.runtime import set_threads
-from chatforge.stages import evaluate, ppo, pretrain, rm, sft, tokenizer
-from chatforge.world import stage as world_stage
-from chatforge.world.collect import label_pools, sample_pools
-from chatforge.world.labeler import read_labeler_file
+from chatforge.stages import evaluate, ppo, pretrain, rank, rm, sft, tokenizer
+from chatforge.stages import world as world_stage
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Config:
     tokenizer_config: str = opt("configs/tokenizer.yaml", "config of the tokenizer stage")
     pretrain_config: str = opt("configs/pretrain_tiny.yaml", "config of the pretraining stage")
     sft_config: str = opt("configs/sft_tiny.yaml", "config of the SFT stage")
+    rank_config: str = opt("configs/rank.yaml", "config of the comparisons: SFT samples ranked by simulated labelers")
     rm_config: str = opt("configs/rm_tiny.yaml", "config of the reward-model stage")
     ppo_config: str = opt("configs/ppo_tiny.yaml",
                           "config of the PPO runs (plain PPO gets ptx_coef 0; the weak-KL run its own beta and steps)")
@@ -64,16 +69,13 @@ class Config:
     tokenizer: dict = opt({}, "overrides of tokenizer config fields")
     pretrain: dict = opt({}, "overrides of pretraining config fields")
     sft: dict = opt({}, "overrides of SFT config fields")
+    rank: dict = opt({}, "overrides of rank config fields (e.g. rank.max_prompts=500, rank.k=4)")
     rm: dict = opt({}, "overrides of reward-model config fields")
     ppo: dict = opt({}, "overrides of PPO config fields (every PPO run)")
     eval: dict = opt({}, "overrides of eval config fields")
-    eval_prompts: int = opt(200, "held-out prompts the base and SFT answers are gold-scored on")
-    select_prompts: int = opt(200, "other held-out prompts SFT picks its best epoch on")
-    comparison_prompts: int = opt(1500, "RL prompts whose SFT samples are ranked for the reward model")
-    comparison_k: int = opt(4, "samples per prompt (duplicates are dropped, so K is 2..this)")
-    comparison_temperature: float = opt(1.0, "sampling temperature of the SFT samples")
-    comparison_val_share: float = opt(0.15, "share of the comparisons held out for RM accuracy")
-    labelers: int = opt(5, "simulated labelers; the last one is held out (its labels never train)")
+    eval_prompts: int = opt(200, "held-out prompts the models' answers are gold-scored on in the report")
+    select_prompts: int = opt(200, "the held-out prompts after those that SFT scores each epoch on "
+                                   "(its eval_skip and eval_max_prompts)")
     weak_kl_coef: float = opt(0.0, "> 0, e.g. 0.05: also run plain PPO at this beta, whose curves look for reward "
                                    "over-optimization (about 2 more minutes; 0 = skip)")
     weak_kl_steps: int = opt(40, "steps of that run")
@@ -83,10 +85,18 @@ class Config:
     best_of_n: int = opt(8, "n of the best-of-n baseline: n SFT samples per prompt, the RM picks one")
     few_shot_prompts: int = opt(4, "few-shot questions shown in the report as base-model samples")
     num_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    report_only: bool = opt(False, "run no stage: evaluate the models already in run_dir and write its report card "
+                                   "(a chain run by separate commands, e.g. examples/pipeline.sh; the same "
+                                   "overrides as the chain, so the report finds its folders)")
     seeds: list[int] | str = opt([], "run the whole chain once per seed into run_dir/seed_N/ and compare them "
                                      "(seeds=0,1,2 or [0,1,2]); the seed is the world's and every stage's `seed`, "
                                      "except where a per-stage map names `seed` itself (that one is kept for every "
                                      "chain); [] = one chain in run_dir")
+
+    # the comparisons' settings were the demo's own before `chatforge rank` was a stage
+    RENAMED = {"comparison_prompts": "rank.max_prompts", "comparison_k": "rank.k",
+               "comparison_temperature": "rank.temperature", "comparison_val_share": "rank.val_share",
+               "labelers": "rank.labelers"}
 
     def __post_init__(self):
         self.seeds = parse_seeds(self.seeds)
@@ -102,16 +112,6 @@ def parse_seeds(seeds: list[int] | str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ChatforgeError(f"demo: field 'seeds': {seeds} names a seed twice")
     return list(seeds)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def few_shot_examples(world_dir: Path) -> list[tuple[str, str]]:
@@ -131,7 +131,7 @@ def run(cfg: Config) -> Path:
     for seed in cfg.seeds:
         chain_cfg = seeded_config(cfg, seed)
         scoreboard = Path(chain_cfg.run_dir) / "report.json"
-        if scoreboard.exists():
+        if scoreboard.exists() and not cfg.report_only:
             print(f"\n== seed {seed}: {scoreboard} exists, not rerun", flush=True)
         else:
             print(f"\n== seed {seed} -> {chain_cfg.run_dir}", flush=True)
@@ -142,7 +142,7 @@ def run(cfg: Config) -> Path:
     return md_path
 
 
-SEEDED_STAGES = ("world", "pretrain", "sft", "rm", "ppo", "eval")  # the stages whose config has a `seed`
+SEEDED_STAGES = ("world", "pretrain", "sft", "rank", "rm", "ppo", "eval")  # the stages whose config has a `seed`
 
 
 def seeded_config(cfg: Config, seed: int) -> Config:
@@ -152,130 +152,182 @@ def seeded_config(cfg: Config, seed: int) -> Config:
     return dataclasses.replace(cfg, seeds=[], run_dir=str(Path(cfg.run_dir) / f"seed_{seed}"), **overrides)
 
 
+@dataclass
+class Chain:
+    """Every stage's config of one chain, with the paths that chain the stages under run_dir filled in."""
+
+    world: world_stage.Config
+    tokenizer: tokenizer.Config
+    pretrain: pretrain.Config
+    sft: sft.Config
+    rank: rank.Config
+    rm: rm.Config
+    ppo: dict[str, ppo.Config]  # by run: ppo, ppo_ptx, and ppo_oracle / ppo_weak_kl when asked for
+    eval: dict[str, evaluate.Config]  # by evaluated run (not the weak-KL one, there for its curves)
+
+
+def ppo_runs(cfg: Config) -> dict[str, dict]:
+    """The PPO runs of the chain and what each changes in the PPO config."""
+    # RLHF twice, as InstructGPT did, so the alignment tax of plain PPO and what ptx saves are both measured;
+    # then (optionally) plain PPO with a weak KL penalty, to show where the gold score stops following the RM
+    runs = {"ppo": {"ptx_coef": 0.0}, "ppo_ptx": {}}
+    if cfg.oracle_run:
+        runs["ppo_oracle"] = {"ptx_coef": 0.0, "reward_source": "gold"}
+    if cfg.weak_kl_coef > 0:
+        runs["ppo_weak_kl"] = {"ptx_coef": 0.0, "kl_coef": cfg.weak_kl_coef, "steps": cfg.weak_kl_steps}
+    return runs
+
+
+def chain_configs(cfg: Config) -> Chain:
+    """Each stage's config: its YAML file, then the paths the demo fills in, then the user's overrides. Field
+    names and types are checked here, so a typo fails in seconds; files are not (earlier stages write them)."""
+    def load(cls, path: str, overrides: dict):
+        return load_config(cls, path, overrides, validate=False)
+
+    run_dir = Path(cfg.run_dir)
+    world = load(world_stage.Config, cfg.world_config, {"out_dir": str(run_dir / "world"), **cfg.world})
+    world_dir = Path(world.out_dir)
+    train_text, val_text = str(world_dir / "corpus" / "train.jsonl"), str(world_dir / "corpus" / "val.jsonl")
+    held_out = str(world_dir / "prompts" / "eval.jsonl")
+    tok = load(tokenizer.Config, cfg.tokenizer_config,
+               {"corpus": [train_text], "out_dir": str(run_dir / "tokenizer"), **cfg.tokenizer})
+    pre = load(pretrain.Config, cfg.pretrain_config, {"corpus": [train_text], "val_corpus": [val_text],
+                                                      "tokenizer": tok.out_dir, "out_dir": str(run_dir / "pretrain"),
+                                                      **cfg.pretrain})
+    # SFT scores its epochs on the held-out prompts after the ones the report scores
+    sft_cfg = load(sft.Config, cfg.sft_config, {
+        "model": str(Path(pre.out_dir) / "final"), "train_data": [str(world_dir / "demos" / "train.jsonl")],
+        "val_data": [str(world_dir / "demos" / "val.jsonl")], "out_dir": str(run_dir / "sft"),
+        "eval_prompts": held_out, "eval_skip": cfg.eval_prompts, "eval_max_prompts": cfg.select_prompts,
+        "gold_world": str(world_dir), **cfg.sft})
+    sft_dir = str(Path(sft_cfg.out_dir) / "best")
+    rank_cfg = load(rank.Config, cfg.rank_config, {
+        "model": sft_dir, "world": str(world_dir), "prompts": str(world_dir / "prompts" / "rl.jsonl"),
+        "out_dir": str(run_dir / "comparisons"), **cfg.rank})
+    comparisons = Path(rank_cfg.out_dir)
+    rm_cfg = load(rm.Config, cfg.rm_config, {
+        "model": sft_dir, "train_data": [str(comparisons / "train.jsonl")],
+        "val_data": [str(comparisons / "val.jsonl")], "holdout_labelers": [f"sim-{rank_cfg.labelers - 1}"],
+        "out_dir": str(run_dir / "rm"), "gold_world": str(world_dir), **cfg.rm})
+    rm_dir = str(Path(rm_cfg.out_dir) / "final")
+    ppo_cfgs = {name: load(ppo.Config, cfg.ppo_config, {
+        "policy": sft_dir, "reward_model": rm_dir, "prompts": str(world_dir / "prompts" / "rl.jsonl"),
+        "pretrain_data": [train_text], "out_dir": str(run_dir / name), "gold_world": str(world_dir),
+        **cfg.ppo, **changes}) for name, changes in ppo_runs(cfg).items()}
+    eval_cfgs = {name: load(evaluate.Config, cfg.eval_config, {
+        "model": str(Path(ppo_cfg.out_dir) / "final"), "baseline": sft_dir, "prompts": held_out,
+        "max_prompts": cfg.eval_prompts, "gold_world": str(world_dir), "reward_model": rm_dir,
+        "ppl_corpus": [val_text], "out_dir": str(run_dir / "eval" / name),
+        **({"best_of_n": cfg.best_of_n} if name == "ppo_ptx" else {}), **cfg.eval})
+        for name, ppo_cfg in ppo_cfgs.items() if name != "ppo_weak_kl"}
+    return Chain(world, tok, pre, sft_cfg, rank_cfg, rm_cfg, ppo_cfgs, eval_cfgs)
+
+
+class Phases:
+    """Announces each phase of a chain (`== name`) and keeps when it started, for the report's time table."""
+
+    def __init__(self):
+        self.starts: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        print(f"\n== {name}", flush=True)
+        self.starts[name] = time.time()
+
+    def seconds(self) -> dict[str, float]:
+        """Each phase's duration: until the next one started, the last one until now."""
+        names, ends = list(self.starts), [*list(self.starts.values())[1:], time.time()]
+        return {name: end - self.starts[name] for name, end in zip(names, ends)}
+
+
+def check_trained(chain: Chain) -> None:
+    """Raise a ChatforgeError naming the first stage output the report needs and run_dir lacks."""
+    needed = [(Path(chain.world.out_dir) / "world.json", "world"),
+              (Path(chain.tokenizer.out_dir) / "tokenizer.json", "tokenizer")]
+    needed += [(Path(getattr(chain, stage).out_dir) / "summary.json", stage)
+               for stage in ("pretrain", "sft", "rank", "rm")]
+    needed += [(Path(ppo_cfg.out_dir) / "final" / "config.json", name) for name, ppo_cfg in chain.ppo.items()]
+    for path, stage in needed:
+        if not path.is_file():
+            raise ChatforgeError(f"{path}: missing, so the {stage} stage has not finished in this run folder; run the "
+                                 "chain's stages first (examples/pipeline.sh), or drop report_only to run them all")
+
+
+def validated(stage_cfg):
+    """The stage's config after its own validate() (its input files exist by now)."""
+    stage_cfg.validate()
+    return stage_cfg
+
+
 def run_chain(cfg: Config) -> Path:
-    """Run every stage that exists on the built-in world and write the report card."""
+    """Run every stage on the built-in world, then evaluate and write the report card (report_only: only the
+    latter); return the report.md path."""
     start = time.time()
     set_threads(cfg.num_threads)
+    chain = chain_configs(cfg)  # a typo in any stage's overrides fails now, before the world is written
+    phases = Phases()
+    if cfg.report_only:
+        check_trained(chain)
+    else:
+        train(chain, phases)
+    return report_card(cfg, chain, phases, start)
+
+
+def train(chain: Chain, phases: Phases) -> None:
+    """The stages, in order, each as its own command runs it (`chatforge world`, `chatforge tokenizer`, ...)."""
+    stages = [("world", world_stage, chain.world), ("tokenizer", tokenizer, chain.tokenizer),
+              ("pretrain", pretrain, chain.pretrain), ("sft", sft, chain.sft),
+              ("rank: SFT samples ranked by simulated labelers", rank, chain.rank), ("rm", rm, chain.rm)]
+    stages += [(f"{name} (ptx_coef {ppo_cfg.ptx_coef}, kl_coef {ppo_cfg.kl_coef})", ppo, ppo_cfg)
+               for name, ppo_cfg in chain.ppo.items()]
+    for name, stage, stage_cfg in stages:
+        phases.start(name)
+        stage.run(validated(stage_cfg))
+
+
+def report_card(cfg: Config, chain: Chain, phases: Phases, start: float) -> Path:
+    """Evaluate the chain's models and write run_dir/report.{json,md}; return the report.md path."""
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    world_cfg = load_config(world_stage.Config, cfg.world_config, {"out_dir": str(run_dir / "world"), **cfg.world})
-    # every stage's fields and types are checked now, so a typo fails in seconds, not after pretraining
-    for stage_cls, path, overrides in ((tokenizer.Config, cfg.tokenizer_config, cfg.tokenizer),
-                                       (pretrain.Config, cfg.pretrain_config, cfg.pretrain),
-                                       (sft.Config, cfg.sft_config, cfg.sft), (rm.Config, cfg.rm_config, cfg.rm),
-                                       (ppo.Config, cfg.ppo_config, cfg.ppo),
-                                       (evaluate.Config, cfg.eval_config, cfg.eval)):
-        load_config(stage_cls, path, overrides, validate=False)
-    world_dir = Path(world_cfg.out_dir)
-    corpus = world_dir / "corpus"
+    world_dir = Path(chain.world.out_dir)
+    pre_cfg, sft_cfg, rm_cfg = chain.pretrain, chain.sft, chain.rm
+    base_dir, sft_dir = Path(pre_cfg.out_dir) / "final", Path(sft_cfg.out_dir) / "best"
     report = Report(run_dir, "chatforge demo: report card")
-    timings = {}
-
-    def stage(name: str):
-        print(f"\n== {name}", flush=True)
-        timings[name] = time.time()
-
-    stage("world")
-    world_stage.run(world_cfg)
     gold = GoldJudge(world_dir)
-    # later stages' configs name files the world stage has just written, so they load now
-    tok_cfg = load_config(tokenizer.Config, cfg.tokenizer_config,
-                          {"corpus": [str(corpus / "train.jsonl")], "out_dir": str(run_dir / "tokenizer"),
-                           **cfg.tokenizer})
-    stage("tokenizer")
-    tokenizer.run(tok_cfg)
-    tok = load_tokenizer(tok_cfg.out_dir)
+    tok = load_tokenizer(chain.tokenizer.out_dir)
+    greedy = SamplingParams(max_new_tokens=48, do_sample=False)
 
-    pre_cfg = load_config(pretrain.Config, cfg.pretrain_config,
-                          {"corpus": [str(corpus / "train.jsonl")], "val_corpus": [str(corpus / "val.jsonl")],
-                           "tokenizer": tok_cfg.out_dir, "out_dir": str(run_dir / "pretrain"), **cfg.pretrain})
-    stage("pretrain")
+    phases.start("report: the base model's facts and few-shot answers")
     unigram = unigram_loss(tok, pre_cfg.corpus, pre_cfg.val_corpus, pre_cfg.val_tokens)
-    base_dir = pretrain.run(pre_cfg)
     base_summary = json.loads((Path(pre_cfg.out_dir) / "summary.json").read_text())
-
-    stage("base model: facts and answers")
     base = load_causal_lm(base_dir)
     facts = fact_accuracy(base, tok, load_clozes(world_dir / "eval" / "facts.jsonl"))
-    held_out = [r["prompt"] for r in read_jsonl(world_dir / "prompts" / "eval.jsonl")]
-    eval_prompts = held_out[:cfg.eval_prompts]
-    select_file = write_jsonl(run_dir / "prompts" / "sft_select.jsonl",
-                              [{"prompt": p} for p in held_out[cfg.eval_prompts:cfg.eval_prompts + cfg.select_prompts]])
-    greedy = SamplingParams(max_new_tokens=48, do_sample=False)
+    eval_prompts = [r["prompt"] for r in read_jsonl(world_dir / "prompts" / "eval.jsonl")][:cfg.eval_prompts]
     base_answers = fewshot_answers(base, tok, eval_prompts, few_shot_examples(world_dir), greedy)
     judged = {"base": gold.judgements(eval_prompts, base_answers)}  # greedy answers, by model
     base_scores = gold_scores(judged["base"])
     print(f"base: fact accuracy {facts['accuracy']:.1%}, gold score {mean(base_scores):.3f} (few-shot)")
 
-    sft_cfg = load_config(sft.Config, cfg.sft_config,
-                          {"model": str(base_dir), "train_data": [str(world_dir / "demos" / "train.jsonl")],
-                           "val_data": [str(world_dir / "demos" / "val.jsonl")], "out_dir": str(run_dir / "sft"),
-                           "eval_prompts": str(select_file), "gold_world": str(world_dir), **cfg.sft})
-    stage("sft")
-    sft_dir = sft.run(sft_cfg)
-    sft_model = load_causal_lm(sft_dir)
-    sft_answers = chat_answers(sft_model, tok, eval_prompts, greedy).texts
+    phases.start("report: SFT's answers")
+    sft_answers = chat_answers(load_causal_lm(sft_dir), tok, eval_prompts, greedy).texts
     judged["sft"] = gold.judgements(eval_prompts, sft_answers)
     sft_scores = gold_scores(judged["sft"])
     print(f"sft: gold score {mean(sft_scores):.3f} (base {mean(base_scores):.3f})")
-
-    stage("comparisons: SFT samples ranked by simulated labelers")
-    rl_prompts = [r["prompt"] for r in read_jsonl(world_dir / "prompts" / "rl.jsonl")][:cfg.comparison_prompts]
-    sampling = SamplingParams(max_new_tokens=48, do_sample=True, temperature=cfg.comparison_temperature,
-                              seed=sft_cfg.seed)
-    pools = sample_pools(sft_model, tok, rl_prompts, cfg.comparison_k, sampling)
-    records, labeling = label_pools(gold.scorer, pools, cfg.labelers, world_cfg.labeler_agreement, world_cfg.seed,
-                                    leanings=read_labeler_file(world_dir)["leanings"])  # the world's own panel
-    random.Random(sft_cfg.seed).shuffle(records)
-    n_val = int(len(records) * cfg.comparison_val_share)
-    train_file = write_jsonl(run_dir / "comparisons" / "train.jsonl", records[n_val:])
-    val_file = write_jsonl(run_dir / "comparisons" / "val.jsonl", records[:n_val])
-    print(f"comparisons: {len(records)} pools of 2..{cfg.comparison_k} distinct samples; two independent "
-          f"labelers agree {labeling['agreement']:.3f} (target {labeling['agreement_target']}, "
-          f"at most {labeling['agreement_ceiling']:.3f} on these pools)")
-
-    rm_cfg = load_config(rm.Config, cfg.rm_config,
-                         {"model": str(sft_dir), "train_data": [str(train_file)], "val_data": [str(val_file)],
-                          "holdout_labelers": [f"sim-{cfg.labelers - 1}"], "out_dir": str(run_dir / "rm"),
-                          "gold_world": str(world_dir), **cfg.rm})
-    stage("rm")
-    rm_dir = rm.run(rm_cfg)
-    rm_summary = json.loads((Path(rm_cfg.out_dir) / "summary.json").read_text())
     sft_summary = json.loads((Path(sft_cfg.out_dir) / "summary.json").read_text())
+    labeling = json.loads((Path(chain.rank.out_dir) / "summary.json").read_text())
+    rm_summary = json.loads((Path(rm_cfg.out_dir) / "summary.json").read_text())
 
-    # RLHF twice, as InstructGPT did, so the alignment tax of plain PPO and what ptx saves are both measured;
-    # then (optionally) plain PPO with a weak KL penalty, to show where the gold score stops following the RM
-    ppo_dirs, ppo_runs = {}, {}
-    runs = [("ppo", {"ptx_coef": 0.0}), ("ppo_ptx", {})]
-    if cfg.oracle_run:
-        runs.append(("ppo_oracle", {"ptx_coef": 0.0, "reward_source": "gold"}))
-    if cfg.weak_kl_coef > 0:
-        runs.append(("ppo_weak_kl", {"ptx_coef": 0.0, "kl_coef": cfg.weak_kl_coef, "steps": cfg.weak_kl_steps}))
-    for name, changes in runs:
-        ppo_cfg = load_config(ppo.Config, cfg.ppo_config, {
-            "policy": str(sft_dir), "reward_model": str(rm_dir), "prompts": str(world_dir / "prompts" / "rl.jsonl"),
-            "pretrain_data": [str(corpus / "train.jsonl")], "out_dir": str(run_dir / name),
-            "gold_world": str(world_dir), **cfg.ppo, **changes})
-        stage(f"{name} (ptx_coef {ppo_cfg.ptx_coef}, kl_coef {ppo_cfg.kl_coef})")
-        final, ppo_runs[name] = ppo.run(ppo_cfg), Path(ppo_cfg.out_dir)
-        if name != "ppo_weak_kl":  # the weak-KL run is there for its curves; it is not evaluated
-            ppo_dirs[name] = final
-
-    stage("eval: PPO policies against SFT on held-out prompts")
+    phases.start("report: PPO policies against SFT on held-out prompts")
     evals, greedy_scores = {}, {"base": base_scores, "sft": sft_scores}
-    for name, policy_dir in ppo_dirs.items():
-        eval_cfg = load_config(evaluate.Config, cfg.eval_config, {
-            "model": str(policy_dir), "baseline": str(sft_dir), "prompts": str(world_dir / "prompts" / "eval.jsonl"),
-            "max_prompts": cfg.eval_prompts, "gold_world": str(world_dir), "reward_model": str(rm_dir),
-            "ppl_corpus": [str(corpus / "val.jsonl")], "out_dir": str(run_dir / "eval" / name),
-            **({"best_of_n": cfg.best_of_n} if name == "ppo_ptx" else {}), **cfg.eval})
-        evals[name] = json.loads(evaluate.run(eval_cfg).read_text())
-        answers = chat_answers(load_causal_lm(policy_dir), tok, eval_prompts, greedy).texts
+    for name, run_eval_cfg in chain.eval.items():
+        evals[name] = json.loads(evaluate.run(validated(run_eval_cfg)).read_text())
+        answers = chat_answers(load_causal_lm(run_eval_cfg.model), tok, eval_prompts, greedy).texts
         judged[name] = gold.judgements(eval_prompts, answers)
         greedy_scores[name] = gold_scores(judged[name])
-    base_ppl = heldout_perplexity(base, tok, [str(corpus / "val.jsonl")], eval_cfg.ppl_tokens)
+    eval_cfg = chain.eval["ppo_ptx"]  # the eval settings every run shares (ppl tokens, bootstrap)
+    base_ppl = heldout_perplexity(base, tok, [str(world_dir / "corpus" / "val.jsonl")], eval_cfg.ppl_tokens)
+    ppo_runs = {name: Path(ppo_cfg.out_dir) for name, ppo_cfg in chain.ppo.items()}
 
-    report.add("wall_seconds", time.time() - start, "the whole demo, seconds")
+    report.add("wall_seconds", time.time() - start,
+               "the report alone, seconds (report_only)" if cfg.report_only else "the whole demo, seconds")
     report.add("unigram_loss", unigram, "held-out loss (nats/token) of the train corpus's unigram model")
     report.add("base_val_loss", base_summary["val_loss"], "held-out loss (nats/token) of the pretrained base model")
     report.add("base_val_ppl", base_summary["val_ppl"], "held-out perplexity of the base model")
@@ -289,10 +341,10 @@ def run_chain(cfg: Config) -> Path:
     report.add("sft_best_epoch", sft_summary["best_epoch"], f"SFT epoch kept (select_by: {sft_summary['selected_by']})")
     report.add("labeler_agreement", labeling["agreement"],
                "pairwise agreement of two independent simulated labelers on the comparison pools")
-    report.add("comparisons", len(records), f"ranked comparisons (K = 2..{cfg.comparison_k}) of SFT samples")
+    report.add("comparisons", labeling["comparisons"], f"ranked comparisons (K = 2..{labeling['k']}) of SFT samples")
     val = rm_summary["val"]
     report.add("rm_val_accuracy", val["accuracy"], f"RM pairwise accuracy on {val['pairs']} held-out pairs")
-    report.add("rm_holdout_labeler_accuracy", val["accuracy_by_labeler"].get(f"sim-{cfg.labelers - 1}"),
+    report.add("rm_holdout_labeler_accuracy", val["accuracy_by_labeler"].get(f"sim-{labeling['labelers'] - 1}"),
                "RM pairwise accuracy on the held-out labeler's comparisons")
     report.add("rm_gold_ceiling", val.get("gold_ceiling"),
                "pairwise accuracy the gold scorer itself reaches on the same held-out labels (ties half): the "
@@ -341,9 +393,6 @@ def run_chain(cfg: Config) -> Path:
     sampled = sampled_results(evals)
     add_dimension_numbers(report, judged, sampled)
     add_intervals(report, greedy_scores, evals, eval_cfg.ci_resamples, eval_cfg.seed)
-    stage_names = list(timings)
-    durations = {name: (timings[stage_names[i + 1]] if i + 1 < len(stage_names) else time.time()) - timings[name]
-                 for i, name in enumerate(stage_names)}
     write_pretrain_section(report, Path(pre_cfg.out_dir), unigram)
     write_facts_section(report, facts, cfg.few_shot_prompts, eval_prompts, base_answers)
     write_sft_section(report, sft_summary, mean(base_scores))
@@ -353,7 +402,7 @@ def run_chain(cfg: Config) -> Path:
                              greedy_intervals(greedy_scores, eval_cfg.ci_resamples, eval_cfg.seed))
     write_answers_section(report, eval_prompts, base_answers, base_scores, sft_answers, sft_scores)
     report.section("Time per stage", "| stage | seconds |\n|---|---|\n" + "\n".join(
-        f"| {name} | {seconds:.0f} |" for name, seconds in durations.items()))
+        f"| {name} | {seconds:.0f} |" for name, seconds in phases.seconds().items()))
     json_path, md_path = report.save()
 
     print(f"\nunigram loss {unigram:.3f} | base val loss {base_summary['val_loss']:.3f} | base fact accuracy "
@@ -362,6 +411,6 @@ def run_chain(cfg: Config) -> Path:
           f"{mean(greedy_scores['ppo_ptx']):.3f}, win rate vs SFT {ptx_eval['winrate_gold']:.3f} | ppl SFT "
           f"{ptx_eval['baseline']['ppl']:.2f}, PPO {ppo_eval['model']['ppl']:.2f}, PPO-ptx {ptx_eval['model']['ppl']:.2f} | "
           f"{time.time() - start:.0f} s")
-    print(f"report card: {md_path}\nscoreboard:  {json_path}\nmodels:      {base_dir}, {sft_dir}, {rm_dir}, "
-          f"{ppo_dirs['ppo']}, {ppo_dirs['ppo_ptx']}")
+    print(f"report card: {md_path}\nscoreboard:  {json_path}\nmodels:      {base_dir}, {sft_dir}, "
+          f"{Path(rm_cfg.out_dir) / 'final'}, " + ", ".join(run_eval_cfg.model for run_eval_cfg in chain.eval.values()))
     return md_path

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from chatforge.errors import ChatforgeError
+from chatforge.losses import whiten
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -203,12 +204,10 @@ def share(items: list, count=None) -> tuple[list, float]:
     return mine, sum(count(item) for item in mine) * world_size() / max(total, 1)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def whiten_across_ranks(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """losses.whiten with the mean and variance of the masked values over ALL ranks (PPO's advantages)."""
-    from chatforge.losses import whiten as local_whiten
-
     if not is_distributed():
-        return local_whiten(values, mask)
+        return whiten(values, mask)
     mask = mask.to(values.dtype)
     sums = all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]))
     mean = sums[0] / sums[1].clamp(min=1)

@@ -80,7 +80,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """Generalised advantage estimation; the value after the last real token is 0 (the episode ends).
 
     delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1}.  Returns (advantages, returns),
-    returns = advantages + values, both zero on padding."""
+    returns = advantages + values, both zero on padding. gamma is the discount (the PPO config's `discount`,
+    named as in the GAE paper here), not PPO-ptx's weight (`ptx_coef`)."""
     mask = mask.to(values.dtype)
     values = values * mask
     advantages = torch.zeros_like(values)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.distributed import is_main
 
 
@@ -32,7 +33,7 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "metrics.jsonl"
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= start_step] if start_step and path.exists() else []
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_jsonl(path, kept)
         self.file = open(path, "a")
         self.tb = None
         if tensorboard:
@@ -80,7 +81,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def progress_bar(total: int, desc: str, initial: int = 0) -> tqdm:

@@ -1,20 +1,13 @@
 """Shared fixtures: small corpora and a tokenizer trained on them (no hub downloads)."""
 
-import json
 import random
 
 import pytest
 
+from chatforge.data.jsonl import write_jsonl
+
 WORDS = ("the cat sat on a mat and ran to the big red house where a dog lived with two birds "
          "Borin lives in Trask and works as a baker").split()
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
-    return path
 
 
 def random_documents(n, seed=0):
@@ -49,7 +42,7 @@ def tiny_world_base(tmp_path_factory):
     so tests check mechanics (files, metrics, selection), not quality.
     """
     from chatforge.stages import pretrain, tokenizer
-    from chatforge.world import stage as world_stage
+    from chatforge.stages import world as world_stage
 
     root = tmp_path_factory.mktemp("tiny_world")
     world_dir = world_stage.run(world_stage.Config(

@@ -10,6 +10,7 @@ from chatforge import checkpoint
 from chatforge.checkpoint import (MANIFEST_FILE, latest_checkpoint, list_checkpoints, load_trainer_state,
                                   save_checkpoint, verify_checkpoint)
 from chatforge.cli import main
+from chatforge.data.jsonl import write_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.metrics import read_metrics
 
@@ -175,9 +176,8 @@ def test_rm_resumes_mid_epoch_exactly(tiny_world_base, tmp_path, monkeypatch):
     words = "the cat sat on a mat and ran to the big red house".split()
     rng = random.Random(0)
     data = tmp_path / "comparisons.jsonl"
-    data.write_text("".join(json.dumps({"prompt": " ".join(rng.sample(words, 4)),
-                                        "responses": [" ".join(rng.sample(words, 5)) for _ in range(3)]}) + "\n"
-                            for _ in range(40)))
+    write_jsonl(data, [{"prompt": " ".join(rng.sample(words, 4)),
+                        "responses": [" ".join(rng.sample(words, 5)) for _ in range(3)]} for _ in range(40)])
 
     def run(out_dir):
         return rm.run(rm.Config(model=str(base), train_data=[str(data)], out_dir=str(out_dir), epochs=2,

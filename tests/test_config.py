@@ -83,3 +83,46 @@ def test_command_line_text_stays_text():
     assert load_config(Prompted, None, ["prompt=yes"]).prompt == "yes"
     assert load_config(Prompted, None, ["prompt=[a, b]"]).prompt == ["a", "b"]
     assert load_config(Prompted, None, ["mapping.depth=2", "mapping.on=true"]).mapping == {"depth": 2, "on": True}
+
+
+@dataclass
+class Renamed:
+    discount: float = opt(1.0, "the discount")
+    steps: int = opt(1, "steps")
+    extra: dict = opt({}, "free mapping")
+
+    RENAMED = {"gamma": "discount", "n": "extra.n"}
+
+
+def test_an_old_key_still_loads_with_a_warning_naming_where_it_was(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 2\ngamma: 0.9\n")
+    assert load_config(Renamed, path).discount == 0.9
+    err = capsys.readouterr().err
+    assert f"warning: {path}:2: 'gamma' is the old name of 'discount'; write 'discount' instead" in err
+    cfg = load_config(Renamed, None, ["gamma=0.5", "n=3"])  # on the command line too; a new name may be dotted
+    assert cfg.discount == 0.5 and cfg.extra == {"n": 3}
+    assert "command line: 'n' is the old name of 'extra.n'" in capsys.readouterr().err
+    assert load_config(Renamed, path, ["discount=0.7"]).discount == 0.7  # the command line still wins
+    assert load_config(Renamed, path, {"gamma": 0.8}).discount == 0.8
+    assert "old names still read (with a warning): gamma -> discount, n -> extra.n" in config_help(Renamed)
+
+
+def test_an_old_key_beside_its_new_name_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("discount: 0.9\ngamma: 0.9\n")
+    with pytest.raises(ChatforgeError, match=r"c.yaml:2: 'gamma' is the old name of 'discount', which the file sets"):
+        load_config(Renamed, path)
+    with pytest.raises(ChatforgeError, match="field 'discount': expected a number"):
+        load_config(Renamed, None, ["gamma=[1]"])
+
+
+def test_ppo_reads_its_old_gamma_key_as_discount(tmp_path, capsys):
+    from chatforge.stages import ppo
+
+    assert load_config(ppo.Config, "configs/ppo_tiny.yaml", validate=False).discount == 1.0
+    assert "warning" not in capsys.readouterr().err  # the shipped config uses the new name
+    old = tmp_path / "ppo_old.yaml"
+    old.write_text("steps: 3\ngamma: 0.99\n")
+    assert load_config(ppo.Config, old, validate=False).discount == 0.99
+    assert f"{old}:2: 'gamma' is the old name of 'discount'" in capsys.readouterr().err

@@ -1,6 +1,10 @@
 """The end-to-end demo on a shrunken world: every stage runs and the scoreboard has its keys."""
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,20 +29,38 @@ INTERVAL_KEYS = ("ppo_ptx_winrate_vs_sft_ci95", "ppo_ptx_winrate_vs_sft_greedy_c
                  "ppo_ptx_sampled_gold_score_ci95")
 
 
+# the shrunken world: every stage of the chain in a few minutes; per stage, its overrides
+SMALL = {"world": ["n_people=8", "n_towns=4", "train_docs=600", "val_docs=40", "train_demos=200", "val_demos=20",
+                   "rl_prompts=60", "eval_prompts=40", "calibration_prompts=40"],
+         "tokenizer": ["vocab_size=512"],
+         "pretrain": ["max_steps=40", "eval_every=20", "save_every=20", "batch_size=8", "seq_len=128"],
+         "sft": ["epochs=2", "max_len=128"], "rank": ["max_prompts=60"], "rm": ["max_len=128"],
+         "ppo": ["steps=3", "rollout_batch=8", "minibatch_size=4", "ptx_seq_len=64"],
+         "eval": ["samples_per_prompt=1", "ppl_tokens=1024"]}
+SMALL_DEMO = ["eval_prompts=20", "select_prompts=20", "best_of_n=2"]  # the demo's own keys
+# one torch thread in the demo (earlier tests may have set another count in this process) and in every command of
+# the pipeline: a sum over a different number of threads can change the last digits of a number
+THREADS = 1
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """The demo on the shrunken world, with the weak-KL and oracle runs: (run folder, exit code, stdout)."""
+    run_dir = tmp_path_factory.mktemp("small") / "demo"
+    argv = [f"{stage}.{item}" for stage, items in SMALL.items() for item in items]
+    argv += SMALL_DEMO + ["weak_kl_coef=0.05", "weak_kl_steps=3", "oracle_run=true", f"num_threads={THREADS}"]
+    capture = tmp_path_factory.mktemp("small_log") / "stdout.txt"
+    with capture.open("w") as out, contextlib.redirect_stdout(out):
+        code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *argv])
+    return run_dir, code, capture.read_text()
+
+
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, capsys):
-    run_dir = tmp_path / "demo"
-    code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={run_dir}",
-                 "world.n_people=8", "world.n_towns=4", "world.train_docs=600", "world.val_docs=40",
-                 "world.train_demos=200", "world.val_demos=20", "world.rl_prompts=60", "world.eval_prompts=40",
-                 "world.calibration_prompts=40", "tokenizer.vocab_size=512",
-                 "pretrain.max_steps=40", "pretrain.eval_every=20", "pretrain.save_every=20", "pretrain.batch_size=8",
-                 "pretrain.seq_len=128", "sft.epochs=2", "sft.max_len=128", "rm.max_len=128", "eval_prompts=20",
-                 "select_prompts=20", "comparison_prompts=60", "ppo.steps=3", "ppo.rollout_batch=8",
-                 "ppo.minibatch_size=4", "ppo.ptx_seq_len=64", "eval.samples_per_prompt=1", "eval.ppl_tokens=1024",
-                 "best_of_n=2", "weak_kl_coef=0.05", "weak_kl_steps=3", "oracle_run=true"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+@pytest.mark.timeout(1200)
+def test_demo_end_to_end(small_demo):
+    run_dir, code, out = small_demo
+    assert code == 0, out[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     for key in REQUIRED_KEYS:
         assert isinstance(report[key], (int, float)), key
@@ -57,6 +79,43 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert (run_dir / "plots" / f"{plot}.png").exists(), plot
     assert report["base_ppl"] > 1.0 and 0.0 <= report["ppo_ptx_winrate_vs_sft"] <= 1.0
     assert "report card:" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_pipeline_commands_give_the_demos_numbers(small_demo, tmp_path):
+    """examples/pipeline.sh (each stage a `chatforge` process, then `demo report_only=true`) on the same shrunken
+    world writes the report card the demo wrote in one process: every number equal, wall time aside."""
+    demo_dir, code, out = small_demo
+    assert code == 0, out[-3000:]
+    run_dir = tmp_path / "pipeline"
+    stage_args = {f"{stage.upper()}_ARGS": " ".join(items) for stage, items in SMALL.items() if stage != "eval"}
+    stage_args["SFT_ARGS"] += " eval_skip=20 eval_max_prompts=20"  # the demo's eval_prompts / select_prompts
+    report_args = " ".join([f"eval.{item}" for item in SMALL["eval"]] + SMALL_DEMO)
+    env = {**os.environ, **stage_args, "REPORT_ARGS": report_args, "CHATFORGE": f"{sys.executable} -m chatforge.cli",
+           "OMP_NUM_THREADS": str(THREADS)}
+    done = subprocess.run(["bash", "examples/pipeline.sh", str(run_dir)], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    demo_report = json.loads((demo_dir / "report.json").read_text())
+    pipeline_report = json.loads((run_dir / "report.json").read_text())
+    assert "ppo_ptx_winrate_vs_sft" in pipeline_report and "bon_gold_score" in pipeline_report
+    differ = {key: (demo_report.get(key), value) for key, value in pipeline_report.items()
+              if key != "wall_seconds" and demo_report.get(key) != value}
+    assert not differ, differ  # (demo, pipeline) of each key that differs
+
+
+def test_report_only_names_the_stage_a_run_folder_lacks(tmp_path, capsys):
+    code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={tmp_path / 'empty'}", "report_only=true"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "world.json: missing, so the world stage has not finished" in err and "examples/pipeline.sh" in err
+
+
+def test_the_old_comparison_keys_set_the_rank_stage(capsys):
+    cfg = load_config(demo.Config, overrides=["comparison_prompts=60", "labelers=4", "rank.k=3"], validate=False)
+    assert cfg.rank == {"max_prompts": 60, "labelers": 4, "k": 3}
+    assert "'comparison_prompts' is the old name of 'rank.max_prompts'" in capsys.readouterr().err
 
 
 def test_demo_rejects_a_typo_in_a_later_stage_before_running(tmp_path, capsys):

@@ -18,6 +18,7 @@ import torch
 
 from chatforge import distributed as dist
 from chatforge.cli import main
+from chatforge.data.jsonl import write_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.metrics import read_metrics
 from chatforge.runtime import enable_gradient_checkpointing, on_device
@@ -68,9 +69,9 @@ def ppo_args(world_dir, policy, reward_model, out_dir):
 def comparisons(tiny_world_base, tmp_path_factory):
     """Ranked comparisons of flawed responses from the tiny world (no model needed)."""
     from chatforge.world import render
-    from chatforge.world.collect import label_pools
     from chatforge.world.facts import World
     from chatforge.world.gold import GoldScorer
+    from chatforge.world.labeler import label_pools
     from chatforge.world.tasks import all_tasks
 
     world = World.load(tiny_world_base[0] / "world.json")
@@ -78,8 +79,8 @@ def comparisons(tiny_world_base, tmp_path_factory):
     pools = [(p, list(dict.fromkeys(r))) for p, r in pools if len(set(r)) >= 2]
     records, _ = label_pools(GoldScorer(world), pools, n_labelers=3, agreement=0.9)
     root = tmp_path_factory.mktemp("dist_comparisons")
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[16:]))
-    (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:16]))
+    write_jsonl(root / "train.jsonl", records[16:])
+    write_jsonl(root / "val.jsonl", records[:16])
     return root / "train.jsonl", root / "val.jsonl"
 
 
@@ -163,7 +164,7 @@ def test_single_process_helpers_change_nothing():
     mask = (torch.rand(3, 4) > 0.3).float()
     from chatforge.losses import whiten
 
-    assert torch.equal(dist.whiten(values, mask), whiten(values, mask))
+    assert torch.equal(dist.whiten_across_ranks(values, mask), whiten(values, mask))
 
 
 def test_shards_split_a_batch_without_overlap(monkeypatch):

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatforge.cli import main
+from chatforge.data.jsonl import write_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.guards import NonFiniteGuard, is_out_of_memory, out_of_memory_advice
 from chatforge.metrics import read_metrics
@@ -110,7 +111,6 @@ def test_out_of_memory_names_the_settings_to_lower(toy_corpus, toy_tokenizer_dir
 
 def test_rm_and_ppo_skip_non_finite_steps(tiny_world_base, tmp_path, monkeypatch, capsys):
     """The same guard in the RM and PPO loops: a poisoned loss skips its update and the run goes on."""
-    import json
     import random
 
     from chatforge.models.io import load_tokenizer, save_hf_folder
@@ -121,9 +121,8 @@ def test_rm_and_ppo_skip_non_finite_steps(tiny_world_base, tmp_path, monkeypatch
     rng = random.Random(0)
     words = "the cat sat on a mat and ran to the big red house".split()
     data = tmp_path / "comparisons.jsonl"
-    data.write_text("".join(json.dumps({"prompt": " ".join(rng.sample(words, 4)),
-                                        "responses": [" ".join(rng.sample(words, 5)) for _ in range(2)]}) + "\n"
-                            for _ in range(16)))
+    write_jsonl(data, [{"prompt": " ".join(rng.sample(words, 4)),
+                        "responses": [" ".join(rng.sample(words, 5)) for _ in range(2)]} for _ in range(16)])
     monkeypatch.setattr(rm, "ranking_loss", poison(rm.ranking_loss, {2}, "gradient"))
     rm.run(rm.Config(model=str(base), train_data=[str(data)], out_dir=str(tmp_path / "rm"), batch_prompts=4,
                      log_every=1, tensorboard=False, device="cpu", num_threads=1))

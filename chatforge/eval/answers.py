@@ -1,4 +1,5 @@
-"""Answers of a model to prompts: chat models through their chat template, base models few-shot."""
+"""Answers of a model to prompts: chat models through their chat template, base models few-shot, and pools
+of K distinct sampled answers per prompt (what labelers, simulated or human, rank)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ def chat_answers(model, tokenizer, prompts: list, params: SamplingParams, batch_
     """Generate the assistant's reply to each prompt (a user message, or a list of messages)."""
     ids = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
     return generate(model, tokenizer, ids, params, batch_size=batch_size)
+
+
+def sample_pools(model, tokenizer, prompts: list, k: int, params: SamplingParams,
+                 batch_size: int = 64) -> list[tuple]:
+    """[(prompt, distinct responses)] from K samples per prompt: duplicate and empty answers are dropped
+    (a ranking of equal texts says nothing) and prompts left with fewer than two are skipped."""
+    repeated = [p for p in prompts for _ in range(k)]
+    texts = chat_answers(model, tokenizer, repeated, params, batch_size).texts
+    pools = []
+    for i, prompt in enumerate(prompts):
+        distinct: dict[str, str] = {}
+        for text in texts[i * k:(i + 1) * k]:
+            if text.strip():
+                distinct.setdefault(text.strip(), text)
+        if len(distinct) >= 2:
+            pools.append((prompt, list(distinct.values())))
+    return pools
 
 
 def qa_block(question: str, answer: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatforge.config import opt, require_positive, save_config
+from chatforge.data.jsonl import write_jsonl
 from chatforge.data.corpus import corpus_files
 from chatforge.data.formats import read_prompts
 from chatforge.errors import ChatforgeError
@@ -265,9 +266,7 @@ def run(cfg: Config) -> Path:
     report.update(rates)
     eval_path = out_dir / "eval.json"
     eval_path.write_text(json.dumps(finite(report), indent=1) + "\n")
-    with open(out_dir / "samples.jsonl", "w") as handle:
-        for sample in samples:
-            handle.write(json.dumps(finite(sample)) + "\n")
+    write_jsonl(out_dir / "samples.jsonl", [finite(sample) for sample in samples])
     print_table(report, [name for name in ("model", "baseline", "best_of_n") if name in report])
     print(f"eval: wrote {eval_path} and {out_dir / 'samples.jsonl'}")
     return eval_path

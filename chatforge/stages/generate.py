@@ -11,7 +11,6 @@ response is cut where prompt + response reach the context (max_position_embeddin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ from typing import Literal
 import torch
 
 from chatforge.config import opt
+from chatforge.data.jsonl import write_jsonl
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import read_prompts
 from chatforge.errors import ChatforgeError
@@ -122,12 +122,7 @@ def run(cfg: Config) -> GenerationResult:
         print(f"=== prompt {i + 1} ===\n{text}\n--- completion ({len(result.response_ids[i])} tokens, {status}) ---")
         print(completion, flush=True)
     if cfg.out is not None:
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as f:
-            for i, (text, _) in enumerate(sources):
-                record = dict(prompt=text, completion=result.texts[i], finished=result.finished[i],
-                              num_tokens=len(result.response_ids[i]))
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out = write_jsonl(cfg.out, [dict(prompt=text, completion=result.texts[i], finished=result.finished[i],
+                                         num_tokens=len(result.response_ids[i])) for i, (text, _) in enumerate(sources)])
         print(f"wrote {len(sources)} completions to {out}")
     return result

@@ -43,7 +43,9 @@ from typing import Literal
 
 from chatforge.config import load_config, opt, require_positive, save_config
 from chatforge.data.formats import data_files, read_comparisons, read_prompts
+from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.errors import ChatforgeError
+from chatforge.eval.answers import sample_pools
 from chatforge.eval.compare import mean
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
@@ -51,9 +53,8 @@ from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
 from chatforge.models.reward import check_reward_model_dir
 from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, rm
-from chatforge.world.collect import label_pools, sample_pools
 from chatforge.world.gold import GoldScorer
-from chatforge.world.labeler import read_labeler_file
+from chatforge.world.labeler import label_pools, read_labeler_file
 
 
 @dataclass
@@ -127,12 +128,6 @@ class Config:
                                  f"(e.g. runs/label/round_{{round}}.jsonl), got {self.rankings_from!r}")
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
 def wait_for_export(path: Path, minutes: float, poll_seconds: float = 10.0) -> Path:
     """Return `path` once it exists, polling for up to `minutes`; fail saying what was expected."""
     deadline = time.time() + minutes * 60
@@ -192,8 +187,7 @@ def gold_by_prompt(eval_dir: Path) -> dict[int, float]:
     """Mean gold score of the model's samples of each prompt (by its position), from `chatforge eval`'s samples.jsonl."""
     scores = defaultdict(list)
     position = -1
-    for line in (eval_dir / "samples.jsonl").read_text().splitlines():
-        sample = json.loads(line)
+    for sample in read_jsonl(eval_dir / "samples.jsonl"):
         position += sample["sample"] == 0  # prompt-major: sample 0 starts the next prompt
         scores[position].append(sample["model_gold"])
     return {prompt: mean(values) for prompt, values in scores.items()}

@@ -143,7 +143,7 @@ def _sample_items(cfg: CreateJobConfig, prompts: list) -> list[tuple]:
     from chatforge.generation import SamplingParams
     from chatforge.models.io import load_causal_lm, load_tokenizer
     from chatforge.runtime import resolve_device, set_threads
-    from chatforge.world.collect import sample_pools
+    from chatforge.eval.answers import sample_pools
 
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)

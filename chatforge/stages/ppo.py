@@ -11,7 +11,7 @@ Each step: sample one response per prompt for `rollout_batch` RL prompts (temper
 the response never ended; reward_source = gold puts the built-in world's gold judge in the RM's place,
 an oracle run) -> per-token rewards -beta * (log pi - log pi_ref), with the score added
 at the last token -> GAE advantages, whitened -> `ppo_epochs` passes of minibatches with the clipped
-policy loss + gamma * the pretraining LM loss (PPO-ptx; ptx_coef = 0 is plain PPO) for the actor,
+policy loss + ptx_coef * the pretraining LM loss (PPO-ptx; ptx_coef 0 is plain PPO) for the actor,
 and the clipped value loss for the critic. Dropout is off in every role (all models stay in eval
 mode), padding is masked out of every loss, and beta is fixed or adapted to a target KL.
 
@@ -88,13 +88,13 @@ class Config:
     kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty to the reference (InstructGPT: 0.02)")
     target_kl: float = opt(0.0, "adapt beta so the KL per response approaches this (0 = fixed beta)")
     kl_horizon: int = opt(10000, "horizon of the adaptive KL controller, in responses")
-    gamma: float = opt(1.0, "discount of GAE")
+    discount: float = opt(1.0, "GAE's discount per token (gamma in the GAE paper); 1.0 = none within a response")
     lam: float = opt(0.95, "lambda of GAE")
     clip_range: float = opt(0.2, "PPO clip of the policy ratio")
     value_clip_range: float = opt(0.2, "clip of the critic's change from its rollout values")
     normalize_reward: bool = opt(True, "divide RM rewards by (subtract the mean of) rewards of SFT samples")
     missing_eos_penalty: float = opt(1.0, "subtracted from the (normalised) reward of a response that never ended")
-    ptx_coef: float = opt(0.0, "gamma of PPO-ptx: weight of the pretraining LM loss (0 = plain PPO)")
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining LM loss in the actor's loss (0 = plain PPO)")
     ptx_batch_size: int = opt(8, "pretraining sequences per PPO minibatch, over all ranks")
     ptx_seq_len: int = opt(0, "tokens per pretraining sequence (0 = the model's context)")
     freeze_layers: int = opt(0, "freeze the actor's embeddings and this many lowest layers")
@@ -115,6 +115,8 @@ class Config:
                                       "for its forward pass (no-op on CPU runs)")
     tensorboard: bool = opt(True, "also write TensorBoard event files")
     wandb_project: str = opt("", "log to this Weights & Biases project too (needs wandb)")
+
+    RENAMED = {"gamma": "discount"}  # old key -> field: still read, with a warning (chatforge/config.py)
 
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
@@ -310,8 +312,8 @@ def run(cfg: Config) -> Path:
         scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
         scores = scores - cfg.missing_eos_penalty * (1.0 - finished)
         rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores, state["kl_coef"])
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = dist.whiten(advantages, mask)  # mean and variance over every rank's rollouts
+        advantages, returns = gae(rewards, old_values, mask, cfg.discount, cfg.lam)
+        advantages = dist.whiten_across_ranks(advantages, mask)  # mean and variance over every rank's rollouts
         rollout_batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages,
                              returns=returns)
         scored = time.perf_counter()

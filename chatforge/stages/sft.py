@@ -72,7 +72,9 @@ class Config:
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_targets: str = opt("all-linear", "modules that get adapters (PEFT target_modules)")
     eval_prompts: str = opt("", 'JSONL of {"prompt": ...} whose answers are scored each epoch')
-    eval_max_prompts: int = opt(200, "score at most this many eval prompts")
+    eval_skip: int = opt(0, "skip the first N eval prompts (the demo scores those in its report card, so the choice "
+                            "of epoch never sees them)")
+    eval_max_prompts: int = opt(200, "score at most this many eval prompts (after the skipped ones)")
     gold_world: str = opt("", "built-in world folder: score answers with its gold scorer")
     reward_model: str = opt("", "reward-model folder: score answers with it (when there is no gold_world)")
     eval_max_new_tokens: int = opt(48, "longest answer generated for scoring")
@@ -111,6 +113,8 @@ class Config:
         if self.select_by == "val_loss" and not self.val_data:
             raise ChatforgeError("sft: select_by=val_loss needs val_data")
         require_positive(self, "sft", ("epochs", "batch_size", "grad_accum", "log_every"))
+        if self.eval_skip < 0:
+            raise ChatforgeError(f"sft: field 'eval_skip' must be >= 0, got {self.eval_skip}")
         dist.check_divisible("sft", "batch_size", self.batch_size)
         dist.check_strategy(self.distributed_strategy, "sft")
         if self.distributed_strategy == "fsdp" and self.lora_r > 0:
@@ -205,7 +209,7 @@ def run(cfg: Config) -> Path:
                 if cfg.val_data else [])
     judge = load_judge(cfg.gold_world, cfg.reward_model, device)
     eval_prompts = [p for p, _ in read_prompts(cfg.eval_prompts)] if cfg.eval_prompts and judge else []
-    eval_prompts = eval_prompts[:cfg.eval_max_prompts or None]
+    eval_prompts = eval_prompts[cfg.eval_skip:][:cfg.eval_max_prompts or None]
     selected_by = cfg.select_by if cfg.select_by != "auto" else (
         "score" if eval_prompts else ("val_loss" if val_rows else "last"))
     pad_id = tokenizer.pad_token_id

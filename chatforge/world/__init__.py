@@ -5,6 +5,7 @@
   tasks.py      prompts <-> tasks (fact, sum, harmful, benign), ideal and flawed responses
   render.py     corpus documents, demonstrations, RL / eval prompts, fact clozes, response pools
   gold.py       GoldScorer: the true reward of a response (best 1.0)
-  labeler.py    SimulatedLabeler: gold + noise rankings, noise calibrated to a target agreement
-  stage.py      `chatforge world`: Config + run(cfg) writing all of the above to disk
+  labeler.py    SimulatedLabeler: gold + noise rankings, noise calibrated to a target agreement; label_pools
+
+chatforge/stages/world.py (`chatforge world`) writes all of the above to disk.
 """

@@ -9,6 +9,10 @@ first response above the second and d_l the difference of their scores as l sees
 equal scores (d = 0) are coin flips. Averaging that over all C(K, 2) pairs of a set of response pools
 and over the panel's pairs of labelers gives the expected inter-labeler agreement, which
 `calibrate_noise` inverts by bisection: InstructGPT's labelers agreed about 73% of the time.
+
+`label_pools` has a panel of them rank pools of sampled responses (the `rank` stage's comparisons), round
+robin, their noise calibrated on these very pools unless the caller fixes it (later rounds of iterated
+RLHF keep the same labelers).
 """
 
 from __future__ import annotations
@@ -202,3 +206,42 @@ def calibrate_noise(score_pools: list[list[float]], agreement: float = DEFAULT_A
         else:
             high = middle
     return (low + high) / 2
+
+
+def label_pools(scorer: GoldScorer, pools: list[tuple], n_labelers: int = 4, agreement: float = DEFAULT_AGREEMENT,
+                seed: int = 0, noise: float | None = None, leanings: list[dict] | None = None) -> tuple[list[dict], dict]:
+    """Rank each pool by one of n_labelers simulated labelers (round robin); labeler i leans as
+    leanings[i % len(leanings)] (none: gold + noise only).
+
+    The labelers' noise is calibrated so two of them agree `agreement` of the time on these pools
+    (averaged over the panel's pairs), or, when `noise` is given, is that (the same labelers as on
+    earlier pools; their agreement is measured).
+
+    Returns comparison records {"prompt", "responses" (best first), "labeler"} and the labelers' stats:
+    noise, the agreement two independent labelers reach on these pools, and the most they could reach.
+    """
+    leanings = leanings or [{}]
+    panel = [leanings[i % len(leanings)] for i in range(n_labelers)]
+    gold = gold_pools(scorer, pools)
+    seen = panel_pools(gold, [responses for _, responses in pools], panel)
+    ceiling = expected_panel_agreement(seen, 0.0)
+    if noise is None:
+        noise = calibrate_noise(gold, agreement, seen) if agreement < ceiling else 0.0
+    labelers = [SimulatedLabeler(scorer, noise, seed=seed * 100 + i, leaning=panel[i]) for i in range(n_labelers)]
+    records = []
+    for index, (prompt, responses) in enumerate(pools):
+        labeler = index % n_labelers
+        order = labelers[labeler].rank_scored(gold[index], responses)
+        records.append({"prompt": prompt, "responses": [responses[i] for i in order], "labeler": f"sim-{labeler}"})
+    # fresh labelers, so the measured agreement is not the training labels': two of the same kind, or the
+    # whole panel when its members lean differently (then averaged over its pairs)
+    varied = len({tuple(sorted(leaning.items())) for leaning in panel}) > 1
+    fresh = [SimulatedLabeler(scorer, noise, seed=seed * 100 + 90 + i, leaning=panel[i % len(panel)])
+             for i in range(len(panel) if varied else 2)]
+    rankings = [[labeler.rank_scored(g, responses) for g, (_, responses) in zip(gold, pools)] for labeler in fresh]
+    agreements = [pairwise_agreement(rankings[l], rankings[m]) for l in range(len(fresh))
+                  for m in range(l + 1, len(fresh))]
+    measured = sum(agreements) / len(agreements) if pools else math.nan
+    return records, {"noise": noise, "agreement": measured, "agreement_target": agreement,
+                     "agreement_ceiling": ceiling, "pools": len(pools),
+                     "responses": sum(len(r) for _, r in pools), "leanings": panel}

@@ -1,6 +1,5 @@
 """The quality classifier, the Pareto keep rule, the mixture plan and shards, scoring by hand."""
 
-import json
 import random
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 from chatforge.curate.mixture import plan_mixture, write_mixture
 from chatforge.curate.quality import QualityClassifier, Reservoir, pareto_keep, train_classifier
 from chatforge.curate.scoring import near_dup_scores, quality_scores
+from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.errors import ChatforgeError
 
 WORDS = "the baker in trask sells bread to the miller who lives by the river with a dog".split()
@@ -71,15 +71,13 @@ def test_mixture_plan_by_hand():
 def test_write_mixture_repeats_and_subsamples(tmp_path):
     files = {}
     for name, n in (("web", 200), ("books", 10)):
-        files[name] = tmp_path / f"{name}.jsonl"
-        files[name].write_text("".join(json.dumps({"text": f"{name} {i}", "source": name, "tokens": 10}) + "\n"
-                                       for i in range(n)))
+        files[name] = write_jsonl(tmp_path / f"{name}.jsonl",
+                                  [{"text": f"{name} {i}", "source": name, "tokens": 10} for i in range(n)])
     plans = plan_mixture({"web": 0.5, "books": 0.5}, {"web": 200, "books": 10}, {"web": 2000, "books": 100}, 400)
     result = write_mixture(plans, files, tmp_path / "shards", shard_docs=7, shuffle_buffer=5, seed=0)
     assert result["sources"]["books"] == {"docs": 20, "tokens": 200}  # two whole epochs
     assert 10 <= result["sources"]["web"]["docs"] <= 30  # a tenth of 200, drawn at random
-    lines = [json.loads(line) for shard in sorted((tmp_path / "shards").glob("train-*.jsonl"))
-             for line in shard.read_text().splitlines()]
+    lines = [r for shard in sorted((tmp_path / "shards").glob("train-*.jsonl")) for r in read_jsonl(shard)]
     assert len(lines) == 20 + result["sources"]["web"]["docs"]
     assert sum(r["text"] == "books 3" for r in lines) == 2
     assert len(result["shards"]) == -(-len(lines) // 7)

@@ -1,4 +1,7 @@
-from chatforge.eval.answers import fewshot_prompt
+from types import SimpleNamespace
+
+from chatforge.eval import answers
+from chatforge.eval.answers import fewshot_prompt, sample_pools
 
 EXAMPLES = [("What is 3 plus 4?", "3 plus 4 is 7."), ("What is Borin's job?", "Borin is a baker.")]
 SHOTS = ("Question: What is 3 plus 4?\nAnswer: 3 plus 4 is 7.\n\n"
@@ -20,3 +23,17 @@ def test_a_follow_up_keeps_the_earlier_turns_as_question_answer_blocks():
                                               "Question: Where does she live?\nAnswer:")
     assert fewshot_prompt(chat, []) == ("Question: What is Mira's job?\nAnswer: Mira is a smith.\n\n"
                                         "Question: Where does she live?\nAnswer:")
+
+
+def test_pools_keep_distinct_non_empty_samples_and_skip_prompts_left_with_one(monkeypatch):
+    samples = {"a": ["x", " x ", "y", ""], "b": ["z", "z", "z", " "], "c": ["1", "2", "3", "2"]}
+    asked = []
+
+    def fake_chat_answers(model, tokenizer, prompts, params, batch_size):
+        asked.extend(prompts)
+        return SimpleNamespace(texts=[text for prompt in dict.fromkeys(prompts) for text in samples[prompt]])
+
+    monkeypatch.setattr(answers, "chat_answers", fake_chat_answers)
+    pools = sample_pools(None, None, ["a", "b", "c"], 4, params=None)
+    assert asked == ["a"] * 4 + ["b"] * 4 + ["c"] * 4  # K samples of each prompt, prompt-major
+    assert pools == [("a", ["x", "y"]), ("c", ["1", "2", "3"])]  # "b" has one distinct answer: no pool

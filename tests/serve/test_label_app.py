@@ -8,6 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from chatforge.cli import main
+from chatforge.data.jsonl import write_jsonl
 from chatforge.data.formats import read_comparisons, read_demonstrations
 from chatforge.serve.label import store
 from chatforge.serve.label.agreement import agreement_table
@@ -191,7 +192,7 @@ def random_checkpoint(toy_tokenizer_dir, tmp_path):
 def test_cli_create_job_samples_k_responses_from_a_checkpoint(random_checkpoint, tmp_path, capsys):
     base = random_checkpoint
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Who lives in town {i}?"}) + "\n" for i in range(4)))
+    write_jsonl(prompts, [{"prompt": f"Who lives in town {i}?"} for i in range(4)])
     db = str(tmp_path / "cli.db")
     assert main(["label"]) == 0 and "create-job" in capsys.readouterr().out
     assert main(["label", "serve", "--help"]) == 0 and "max_body_bytes" in capsys.readouterr().out

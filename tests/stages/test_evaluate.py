@@ -5,6 +5,7 @@ import torch
 
 from chatforge.cli import main
 from chatforge.config import load_config
+from chatforge.data.jsonl import read_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.models.io import load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model
@@ -58,7 +59,7 @@ def test_eval_compares_model_baseline_and_best_of_n(tiny_world_base, policy_and_
         assert dimensions["failure_rates"]["verbosity"]["n"] == (3 if name == "best_of_n" else 6)
         kinds = dimensions["gold_score_by_kind"]
         assert sum(entry["n"] for entry in kinds.values()) == (3 if name == "best_of_n" else 6)
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 3 * 2 and [s["sample"] for s in samples[:2]] == [0, 1]
     assert {"prompt", "model", "baseline", "model_gold", "baseline_gold", "model_reward", "best_of_n",
             "model_failures", "baseline_failures", "best_of_n_failures"} <= set(samples[0])

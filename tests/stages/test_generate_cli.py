@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from chatforge.cli import main
+from chatforge.data.jsonl import read_jsonl
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{%- endfor -%}"
@@ -48,7 +47,7 @@ def test_prints_a_completion_and_writes_jsonl(model_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "=== prompt 1 ===\nthe cat\n--- completion (" in captured.out
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = read_jsonl(out)
     assert len(records) == 1 and records[0]["prompt"] == "the cat"
     assert 1 <= records[0]["num_tokens"] <= 6 and isinstance(records[0]["completion"], str)
     assert records[0]["completion"] in captured.out

@@ -5,6 +5,7 @@ import threading
 import pytest
 import yaml
 
+from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.stages import iterate
 
@@ -92,15 +93,14 @@ def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
     export.parent.mkdir()
     ranked = [{"prompt": f"What is {a} plus 2?", "responses": [f"{a} plus 2 is {a + 2}.", "I am not sure."],
                "labeler": "alice"} for a in range(10)]
-    export.write_text("".join(json.dumps(r) + "\n" for r in ranked))
+    write_jsonl(export, ranked)
     heldout = export.parent / "comparisons_heldout.jsonl"  # `chatforge label export`'s held-out labelers
     heldout.write_text(json.dumps({**ranked[0], "labeler": "bob"}) + "\n")
     run_dir = tmp_path / "it"
     iterate.run(iterate_config(world_dir, base, run_dir, rounds=1,
                                rankings_from=str(tmp_path / "label" / "round_{round}.jsonl")))
     round_dir = run_dir / "round_1"
-    kept = [json.loads(line) for name in ("train", "val")
-            for line in (round_dir / "comparisons" / f"{name}.jsonl").read_text().splitlines()]
+    kept = [r for name in ("train", "val") for r in read_jsonl(round_dir / "comparisons" / f"{name}.jsonl")]
     assert sorted(r["responses"][0] for r in kept) == sorted(r["responses"][0] for r in ranked)
     assert {r["labeler"] for r in kept} == {"alice"}
     rm_config = yaml.safe_load((round_dir / "rm" / "config.yaml").read_text())
@@ -129,7 +129,7 @@ def test_gold_by_prompt_averages_each_prompts_samples(tmp_path):
     # prompt-major samples; the same prompt text twice is still two prompts
     samples = [{"prompt": "p", "sample": 0, "model_gold": 1.0}, {"prompt": "p", "sample": 1, "model_gold": 0.0},
                {"prompt": "p", "sample": 0, "model_gold": -1.0}, {"prompt": "p", "sample": 1, "model_gold": -0.5}]
-    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    write_jsonl(tmp_path / "samples.jsonl", samples)
     assert iterate.gold_by_prompt(tmp_path) == {0: 0.5, 1: -0.75}
 
 

@@ -6,13 +6,15 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from chatforge.cli import main
+from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.errors import ChatforgeError
+from chatforge.metrics import read_metrics
 from chatforge.models.reward import load_reward_model
 from chatforge.stages import rm
 from chatforge.world import render
-from chatforge.world.collect import label_pools
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
+from chatforge.world.labeler import label_pools
 from chatforge.world.tasks import all_tasks
 
 
@@ -26,8 +28,8 @@ def comparison_files(tiny_world_base, tmp_path_factory):
     records, _ = label_pools(GoldScorer(world), pools, n_labelers=3, agreement=0.9)
     root = tmp_path_factory.mktemp("comparisons")
     train, val = root / "train.jsonl", root / "val.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in records[30:]))
-    val.write_text("".join(json.dumps(r) + "\n" for r in records[:30]))
+    write_jsonl(train, records[30:])
+    write_jsonl(val, records[:30])
     return train, val
 
 
@@ -46,8 +48,7 @@ def test_rm_trains_centres_rewards_and_saves_a_classifier(tiny_world_base, compa
     assert 0.5 <= summary["val"]["gold_ceiling"] <= 1.0  # the gold scorer agrees with its own noisy labels
     model = AutoModelForSequenceClassification.from_pretrained(final)
     assert model.config.num_labels == 1 and model.config.reward_bias == pytest.approx(summary["reward_bias"])
-    losses = [json.loads(l)["train/loss"] for l in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in l]
+    losses = [m["train/loss"] for m in read_metrics(tmp_path / "rm") if "train/loss" in m]
     per_epoch = len(losses) // 6
     first, last = losses[:per_epoch], losses[-per_epoch:]
     assert sum(last) / len(last) < sum(first) / len(first) - 0.05  # the ranking loss goes down
@@ -128,7 +129,7 @@ def test_rm_learns_a_likelihood_weight(tiny_world_base, comparison_files, tmp_pa
     weight = load_reward_model(final).config.reward_lm_weight
     assert weight != 0.0  # moved from its start at 0
     assert abs(summary["train"]["reward_mean"]) < 1e-3  # the bias is set with the weight in the reward
-    records = [json.loads(line) for line in train.read_text().splitlines()[:4]]
+    records = read_jsonl(train)[:4]
     judge = RewardJudge(final)
     scores = judge([r["prompt"] for r in records], [r["responses"][0] for r in records])
     assert len(scores) == 4 and all(s == s for s in scores)  # finite, not nan

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from chatforge.demo_report import (add_dimension_numbers, add_intervals, bars_held, bars_line, greedy_intervals,
-                                   overoptimization, prompt_text, sampled_results, smoothed, write_dimensions_section,
-                                   write_seeds_report)
+from chatforge.eval.demo_report import (add_dimension_numbers, add_intervals, bars_held, bars_line,
+                                        greedy_intervals, overoptimization, prompt_text, sampled_results, smoothed,
+                                        write_dimensions_section, write_seeds_report)
 from chatforge.eval.report import Report
 from chatforge.world.gold import DIMENSIONS
 

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatforge.config import opt, save_config
+from chatforge.data.jsonl import write_jsonl
 from chatforge.errors import ChatforgeError, where
 from chatforge.world import render
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
 from chatforge.world.labeler import (DEFAULT_LEANINGS, LABELER_FILE, LEANING_FEATURES, calibrate_noise,
                                      expected_panel_agreement, gold_pools, panel_pools)
-from chatforge.world.tasks import FLAWS, KINDS, KINDS_V1
+from chatforge.world.tasks import KINDS, KINDS_V1
 from chatforge.world.templates import TOWN_POOL
 
 # which flaws a version-2 behaviour table may give each kind (tasks.flawed_response)
@@ -230,14 +231,6 @@ def run(cfg: Config) -> Path:
         write_jsonl(out / name, records)
     print(summary(world, files, labeler, out))
     return out
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """One JSON object per line (UTF-8), creating the parent folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def summary(world: World, files: dict[str, list[dict]], labeler: dict, out: Path) -> str:

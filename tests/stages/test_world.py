@@ -6,11 +6,12 @@ import pytest
 
 from chatforge.cli import main
 from chatforge.config import load_config
+from chatforge.data.jsonl import read_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.world.facts import World
 from chatforge.world.gold import GoldScorer
 from chatforge.world.labeler import SimulatedLabeler
-from chatforge.world.stage import Config, run
+from chatforge.stages.world import Config, run
 
 SMALL = dict(n_people=12, n_towns=4, train_docs=200, val_docs=20, train_demos=100, val_demos=20,
              rl_prompts=50, eval_prompts=40, calibration_prompts=100)
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _read(out: Path, name: str) -> list[dict]:
-    return [json.loads(line) for line in (out / name).read_text().splitlines()]
+    return read_jsonl(out / name)
 
 
 def test_run_writes_every_file_and_reloads(tmp_path, capsys):
