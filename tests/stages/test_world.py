@@ -55,7 +55,9 @@ def test_same_seed_same_files(tmp_path):
     assert (first / "world.json").read_bytes() != (third / "world.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_default_size(tmp_path):
+    """The default world, full size (the demo's): about 640k words of corpus."""
     out = run(Config(out_dir=tmp_path))
     train = _read(out, "corpus/train.jsonl")
     words = sum(len(doc["text"].split()) for doc in train)
