@@ -71,10 +71,10 @@ class Config:
         if not MIN_RESPONSES <= self.k <= MAX_RESPONSES:
             raise ChatforgeError(f"rank: field 'k' must be {MIN_RESPONSES}..{MAX_RESPONSES}, got {self.k}")
         require_positive(self, "rank", ("labelers", "max_new_tokens", "batch_size"))
-        if self.max_prompts < 0 or self.temperature <= 0:
-            field = "max_prompts" if self.max_prompts < 0 else "temperature"
-            raise ChatforgeError(f"rank: field '{field}' must be {'>= 0' if field == 'max_prompts' else '> 0'}, "
-                                 f"got {getattr(self, field)}")
+        if self.max_prompts < 0:
+            raise ChatforgeError(f"rank: field 'max_prompts' must be >= 0, got {self.max_prompts}")
+        if self.temperature <= 0:
+            raise ChatforgeError(f"rank: field 'temperature' must be > 0, got {self.temperature}")
         if self.labeler_agreement and not 0.5 < self.labeler_agreement <= 1:
             raise ChatforgeError(f"rank: field 'labeler_agreement' must be 0 or in (0.5, 1], "
                                  f"got {self.labeler_agreement}")
