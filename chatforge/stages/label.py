@@ -15,6 +15,7 @@ skipped) or, with kind=demonstration, queues the prompts for labelers to write r
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,12 +33,32 @@ class ServeConfig:
     max_body_bytes: int = opt(65536, "largest request body accepted; bigger posts get 413")
     max_text_chars: int = opt(20000, "longest demonstration a labeler may write")
     session_hours: float = opt(12.0, "how long a sign-in lasts")
-    secure_cookies: bool = opt(False, "send the session cookie over HTTPS only (set behind TLS)")
+    secret_file: str = opt("", "file of the cookie signing key, made 0600 on first start (empty: beside a SQLite "
+                               "database, its path + '.key'); $CHATFORGE_LABEL_SECRET overrides it")
+    secure_cookies: bool = opt(False, "mark cookies Secure even on plain HTTP requests (they are anyway over "
+                                      "HTTPS, direct or as a trusted proxy says)")
+    trusted_proxies: str = opt("", "comma-separated IPs or networks of reverse proxies whose X-Forwarded-Proto and "
+                                   "X-Forwarded-For are believed (empty: none)")
+    assignment_minutes: float = opt(30.0, "an item still unlabeled this long after it was handed out goes back "
+                                          "to the pool; a late submit of it is refused (410)")
+    signin_failures_per_account: int = opt(5, "failed sign-ins for one name within signin_window_minutes, "
+                                              "then its sign-ins get 429 until the oldest leaves the window")
+    signin_failures_per_client: int = opt(20, "failed sign-ins from one address within signin_window_minutes, "
+                                              "then its sign-ins get 429 until the oldest leaves the window")
+    signin_window_minutes: float = opt(15.0, "the window the failed sign-ins are counted in")
+    signin_tracked_keys: int = opt(10000, "most names and addresses whose failures are kept in memory (the least "
+                                          "recently failed are forgotten first)")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = opt("FULL", "FULL: each commit synced to disk, labels survive "
+                                                                "a power cut; NORMAL: faster, survives a crash of "
+                                                                "the app only")
 
     def validate(self):
-        require_positive(self, "label serve", ("port", "max_body_bytes", "max_text_chars"))
-        if self.session_hours <= 0:
-            raise ChatforgeError(f"label serve: field 'session_hours' must be > 0, got {self.session_hours}")
+        require_positive(self, "label serve", ("port", "max_body_bytes", "max_text_chars",
+                                               "signin_failures_per_account", "signin_failures_per_client",
+                                               "signin_tracked_keys"))
+        for name in ("session_hours", "assignment_minutes", "signin_window_minutes"):
+            if getattr(self, name) <= 0:
+                raise ChatforgeError(f"label serve: field '{name}' must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -82,9 +103,11 @@ class CreateJobConfig:
 class AddLabelerConfig:
     db: str = opt("runs/label.db", "database: a SQLite file or a SQLAlchemy URL")
     name: str = opt("", "the labeler's sign-in name (letters, digits, - _ . @)")
-    admin: bool = opt(False, "may open the admin pages")
-    held_out: bool = opt(False, "a held-out labeler: their labels are exported apart, never for training")
-    reset: bool = opt(False, "the labeler exists: give them a new token (the old one stops working)")
+    admin: bool | None = opt(None, "may open the admin pages (empty: false for a new labeler, kept on reset)")
+    held_out: bool | None = opt(None, "a held-out labeler: their labels are exported apart, never for training "
+                                      "(empty: false for a new labeler, kept on reset)")
+    reset: bool = opt(False, "the labeler exists: give them a new token (the old one stops working); admin and "
+                             "held_out stay as they are unless given")
 
     def validate(self):
         if not self.name:
@@ -107,9 +130,10 @@ def serve(cfg: ServeConfig) -> None:
 
     from chatforge.serve.label.app import create_app
 
-    app = create_app(cfg.db, cfg.max_body_bytes, cfg.session_hours, cfg.max_text_chars, cfg.secure_cookies)
+    app = create_app(**dataclasses.asdict(cfg))
     print(f"label: serving {cfg.db} at http://{cfg.host}:{cfg.port} (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    # proxy headers are the app's to trust (trusted_proxies); uvicorn's own default trusts any local process
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", proxy_headers=False)
 
 
 def create_job(cfg: CreateJobConfig) -> int:
@@ -157,14 +181,18 @@ def _sample_items(cfg: CreateJobConfig, prompts: list) -> list[tuple]:
 
 def add_labeler(cfg: AddLabelerConfig) -> str:
     """Add the labeler and print their token (stored only as a hash, so shown this once)."""
-    from chatforge.serve.label.db import open_db
+    from sqlalchemy import select
+
+    from chatforge.serve.label.db import Labeler, open_db
     from chatforge.serve.label.store import add_labeler as store_labeler
 
     _, make_session = open_db(cfg.db)
     with make_session() as session:
         token = store_labeler(session, cfg.name, cfg.admin, cfg.held_out, cfg.reset)
-    role = "admin" if cfg.admin else "held-out labeler" if cfg.held_out else "labeler"
-    print(f"label: {role} {cfg.name!r} added; sign-in token (shown once):\n{token}")
+        labeler = session.scalar(select(Labeler).where(Labeler.name == cfg.name))
+    role = "admin" if labeler.is_admin else "held-out labeler" if labeler.held_out else "labeler"
+    print(f"label: {role} {cfg.name!r} {'given a new token' if cfg.reset else 'added'}; sign-in token "
+          f"(shown once):\n{token}")
     return token
 
 
@@ -178,8 +206,8 @@ def export(cfg: ExportConfig) -> dict:
         summary = export_labels(session, cfg.out_dir, cfg.job)
     for name, info in summary["files"].items():
         print(f"label: {info['records']:>6} {name:<24} -> {info['path']}")
-    if not summary["files"]:
-        print("label: no rankings or demonstrations to export yet")
+    if not any(info["records"] for info in summary["files"].values()):
+        print("label: no rankings or demonstrations to export yet (the files are written empty)")
     if summary["holdout_labelers"]:
         print(f"label: held-out labelers {summary['holdout_labelers']}: their labels are in the *_heldout files; "
               "train the RM on comparisons.jsonl and pass comparisons_heldout.jsonl too with "

@@ -132,7 +132,7 @@ def test_demonstration_job_exports_for_sft(lab, tmp_path):
         summary = export_labels(session, tmp_path / "out", job="demos")
     demos, _ = read_demonstrations(summary["files"]["demonstrations"]["path"])
     assert [(d.prompt, d.response) for d in demos] == [([{"role": "user", "content": "Name a colour."}], "Blue.")]
-    assert "comparisons" not in summary["files"]  # job=demos leaves the rankings out
+    assert summary["files"]["comparisons"]["records"] == 0  # job=demos leaves the rankings out
 
 
 def test_admin_page_shows_progress_agreement_and_counts_and_holds_out(lab):

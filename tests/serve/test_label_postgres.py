@@ -20,7 +20,10 @@ pytestmark = pytest.mark.skipif(not URL, reason="set CHATFORGE_LABEL_PG_URL to r
 
 
 @pytest.fixture
-def empty_db():
+def empty_db(monkeypatch):
+    # a database URL has no folder for the key file: the key comes from the environment (the server
+    # subprocess inherits it)
+    monkeypatch.setenv("CHATFORGE_LABEL_SECRET", "a-test-signing-key-of-at-least-32-characters")
     engine, make_session = open_db(URL)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)

@@ -111,10 +111,10 @@ def test_a_replayed_post_is_refused(lab):
     form.update(rank_0="4", rank_3="1")  # the same nonce again, even with other ranks
     assert ann.post(f"/items/{item_id}", data=form, follow_redirects=False).status_code == 403
     assert [row[3] for row in labels(make_session)] == [[0, 1, 2, 3]]
-    login = TestClient(ann.app).get("/login")
-    sign_in_form = {"name": "ann", "token": "wrong", "nonce": form_nonce(login.text)}
-    assert ann.post("/login", data=sign_in_form).status_code == 401
-    assert ann.post("/login", data=sign_in_form).status_code == 403  # the sign-in form's nonce is one-time too
+    stranger = TestClient(ann.app)
+    sign_in_form = {"name": "ann", "token": "wrong", "nonce": form_nonce(stranger.get("/login").text)}
+    assert stranger.post("/login", data=sign_in_form).status_code == 401
+    assert stranger.post("/login", data=sign_in_form).status_code == 403  # the sign-in form's nonce is one-time too
 
 
 def test_oversized_bodies_are_refused(lab):

@@ -6,16 +6,22 @@ their own labels. Admins see progress, agreement and per-labeler counts at `/adm
 mark them held out.
 
 Every post is checked in this order: body size (413), signed-in session (403), the item is assigned to
-this labeler (404, so others' items and labels stay invisible), the form's one-time nonce (403: forged
-or replayed), the fields (400: a ranking must be a permutation of the item's K responses).
+this labeler (404, so others' items and labels stay invisible; 410 when the assignment expired), the
+form's one-time nonce (403: forged or replayed), the fields (400: a ranking must be a permutation of the
+item's K responses). A sign-in is checked for its form nonce (403), then the failure counts of the name
+and the address (429), then the token, hashed with no database connection held.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
@@ -24,14 +30,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from chatforge.errors import ChatforgeError
 from chatforge.serve.label import store
 from chatforge.serve.label.agreement import label_agreement
-from chatforge.serve.label.auth import CookieSigner, consume_nonce, find_labeler, issue_nonce, server_key
-from chatforge.serve.label.db import Item, Label, Labeler, open_db
+from chatforge.serve.label.auth import (NONCE_LIFETIME, CookieSigner, SignInForms, consume_nonce, issue_nonce,
+                                        signing_key, stored_credentials, token_matches)
+from chatforge.serve.label.db import Item, Label, Labeler, open_db, sqlite_path
+from chatforge.serve.label.throttle import SignInThrottle
+from chatforge.stages.label import ServeConfig
 
 COOKIE = "chatforge_label"
+SIGN_IN_COOKIE = "chatforge_label_sign_in"  # the browser's half of the sign-in form's double submit
+RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]  # a database integer: larger ones are a 400, not an overflow
 TEMPLATES = Path(__file__).parent / "templates"
 FLAG_VALUES = ("on", "1", "true")
 MAX_NAME, MAX_TOKEN = 64, 128
@@ -52,6 +64,7 @@ class Guard:
 
     HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
                (b"referrer-policy", b"same-origin"),
+               (b"cache-control", b"no-store"),  # pages hold tokens, labels, nonces: no browser or proxy keeps them
                (b"content-security-policy", b"default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                             b"form-action 'self'; frame-ancestors 'none'")]
 
@@ -96,16 +109,31 @@ class Guard:
         await send({"type": "http.response.body", "body": text})
 
 
-def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0, max_text_chars: int = 20000,
-               secure_cookies: bool = False) -> FastAPI:
-    """The app over the database `db` (a file path or a SQLAlchemy URL); tables are made if missing."""
-    engine, make_session = open_db(db)
-    with make_session() as session:
-        signer = CookieSigner(server_key(session), max_age_s=int(session_hours * 3600))
+def key_file(cfg: ServeConfig) -> Path | None:
+    """Where the cookie signing key is kept: secret_file, else beside a SQLite file (DB + '.key')."""
+    if cfg.secret_file:
+        return Path(cfg.secret_file).expanduser()
+    database = sqlite_path(cfg.db)
+    return None if database is None else database.with_name(database.name + ".key")
+
+
+def create_app(db: str, **options) -> FastAPI:
+    """The app over the database `db` (a file path or a SQLAlchemy URL; tables made if missing); `options`
+    are the other fields of ServeConfig (`chatforge label serve --help`)."""
+    cfg = ServeConfig(db=db, **options)
+    cfg.validate()
+    engine, make_session = open_db(db, cfg.sqlite_synchronous)
+    key = signing_key(key_file(cfg))
+    signer = CookieSigner(key, max_age_s=int(cfg.session_hours * 3600))
+    sign_in_forms = SignInForms(key)
+    throttle = SignInThrottle(cfg.signin_window_minutes * 60, cfg.signin_tracked_keys)
+    expiry = timedelta(minutes=cfg.assignment_minutes)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     app = FastAPI(title="chatforge labeling", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, max_bytes=max_body_bytes)
-    app.state.engine = engine
+    app.add_middleware(Guard, max_bytes=cfg.max_body_bytes)
+    if cfg.trusted_proxies:  # added last, so it runs first: the app sees the client's scheme and address
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=cfg.trusted_proxies)
+    app.state.engine, app.state.signin_throttle = engine, throttle
 
     def get_session():
         with make_session() as session:
@@ -140,6 +168,21 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
     def page(request, name, status_code=200, **context):
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
+    def set_cookie(request, response, name, value, max_age):
+        # Secure when asked, or when the request came over HTTPS (directly, or as a trusted proxy says)
+        secure = cfg.secure_cookies or request.url.scheme == "https"
+        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict", secure=secure)
+
+    def sign_in_page(request, status_code=200, error=None, new_browser=False, headers=None):
+        browser_id = request.cookies.get(SIGN_IN_COOKIE)
+        if new_browser or not browser_id or len(browser_id) > 64:  # a post turns the browser id over: no replay
+            browser_id = SignInForms.new_browser_id()
+        response = page(request, "login.html", status_code=status_code, nonce=sign_in_forms.nonce(browser_id),
+                        error=error, user=None)
+        set_cookie(request, response, SIGN_IN_COOKIE, browser_id, int(NONCE_LIFETIME.total_seconds()))
+        response.headers.update(headers or {})
+        return response
+
     def check_nonce(session, form, labeler_id, purpose):
         if len(form.getlist("nonce")) != 1 or not consume_nonce(session, form.get("nonce"), labeler_id, purpose):
             session.commit()
@@ -168,26 +211,34 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
         return RedirectResponse("/admin" if labeler.is_admin else "/next", status_code=303)
 
     @app.get("/login", response_class=HTMLResponse)
-    def login_form(request: Request, session: Session = Depends(get_session)):
-        nonce = issue_nonce(session, None, "login")
-        session.commit()
-        return page(request, "login.html", nonce=nonce, error=None, user=None)
+    def login_form(request: Request):
+        return sign_in_page(request)  # writes nothing: the nonce is signed, not stored
 
     @app.post("/login")
     def login(request: Request, form: FormData = Depends(form_fields), session: Session = Depends(get_session)):
-        check_nonce(session, form, None, "login")
+        if len(form.getlist("nonce")) != 1 or not sign_in_forms.check(form.get("nonce"),
+                                                                        request.cookies.get(SIGN_IN_COOKIE)):
+            raise HTTPException(403, "this sign-in form is stale or was made for another browser; reload the page "
+                                     "and sign in again")
         name, token = form.get("name"), form.get("token")
-        labeler = None
-        if isinstance(name, str) and isinstance(token, str) and len(name) <= MAX_NAME and len(token) <= MAX_TOKEN:
-            labeler = find_labeler(session, name, token)
-        if labeler is None:
-            nonce = issue_nonce(session, None, "login")
-            session.commit()
-            return page(request, "login.html", status_code=401, nonce=nonce, error="unknown name or token", user=None)
-        session.commit()
-        response = RedirectResponse("/admin" if labeler.is_admin else "/next", status_code=303)
-        response.set_cookie(COOKIE, signer.dumps(labeler), max_age=signer.max_age_s, httponly=True,
-                            samesite="strict", secure=secure_cookies)
+        if not (isinstance(name, str) and isinstance(token, str) and len(name) <= MAX_NAME and len(token) <= MAX_TOKEN):
+            return sign_in_page(request, 400, error="give a name and a token", new_browser=True)
+        limits = {f"account:{name}": cfg.signin_failures_per_account,
+                  f"client:{request.client.host if request.client else ''}": cfg.signin_failures_per_client}
+        wait = math.ceil(throttle.retry_after(limits))
+        if wait:  # refused before the hash: a flood costs no CPU once it is locked out
+            return sign_in_page(request, 429, new_browser=True, headers={"retry-after": str(wait)},
+                                error=f"too many failed sign-ins for this name or from your address; try again in "
+                                      f"{wait} s")
+        stored = stored_credentials(session, name)
+        session.close()  # the hash is slow on purpose: hold no connection (nor SQLite's write lock) through it
+        if not token_matches(token, stored.token_hash if stored else None):
+            throttle.failed(limits)
+            return sign_in_page(request, 401, error="unknown name or token", new_browser=True)
+        throttle.succeeded(f"account:{name}")
+        response = RedirectResponse("/admin" if stored.is_admin else "/next", status_code=303)
+        set_cookie(request, response, COOKIE, signer.dumps(stored), signer.max_age_s)
+        set_cookie(request, response, SIGN_IN_COOKIE, "", 0)  # done with; 0 s deletes it
         return response
 
     @app.get("/logout", response_class=HTMLResponse)
@@ -197,20 +248,20 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
         return page(request, "logout.html", nonce=nonce, user=labeler)
 
     @app.post("/logout")
-    def logout(form: FormData = Depends(form_fields), labeler: Labeler = Depends(labeler_post),
+    def logout(request: Request, form: FormData = Depends(form_fields), labeler: Labeler = Depends(labeler_post),
                session: Session = Depends(get_session)):
         check_nonce(session, form, labeler.id, "logout")
         labeler.session_epoch += 1  # every cookie of this labeler stops working
         session.commit()
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
+        set_cookie(request, response, COOKIE, "", 0)
         return response
 
     # --- labeling --------------------------------------------------------------------------------------
 
     @app.get("/next")
     def next_item(request: Request, labeler: Labeler = Depends(labeler_page), session: Session = Depends(get_session)):
-        item = store.next_item(session, labeler)
+        item = store.next_item(session, labeler, expiry)
         if item is None:
             return page(request, "done.html", user=labeler)
         return RedirectResponse(f"/items/{item.id}", status_code=303)
@@ -227,23 +278,29 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
                     prompt=as_messages(item.prompt), label=label, rank_of=rank_of, nonce=nonce, error=error)
 
     def my_item(session, labeler, item_id) -> Item:
-        item = store.assigned_item(session, labeler, item_id)
+        try:
+            item = store.assigned_item(session, labeler, item_id, expiry)
+        except store.AssignmentExpired:  # refused, so the labeler who has the item now keeps the only slot
+            raise HTTPException(410, f"this item was handed to you more than {cfg.assignment_minutes:g} minutes "
+                                     "ago without a label, so it went back to the pool for another labeler; "
+                                     "nothing was saved. Take the next item.") from None
         if item is None:
-            raise HTTPException(404, "no such item among yours")
+            raise HTTPException(404, "no such item among yours (an item left unlabeled for "
+                                     f"{cfg.assignment_minutes:g} minutes goes back to the pool)")
         return item
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
-    def show_item(request: Request, item_id: int, labeler: Labeler = Depends(labeler_page),
+    def show_item(request: Request, item_id: RowId, labeler: Labeler = Depends(labeler_page),
                   session: Session = Depends(get_session)):
         return item_page(request, session, labeler, my_item(session, labeler, item_id))
 
     @app.post("/items/{item_id}")
-    def submit_item(request: Request, item_id: int, form: FormData = Depends(form_fields),
+    def submit_item(request: Request, item_id: RowId, form: FormData = Depends(form_fields),
                     labeler: Labeler = Depends(labeler_post), session: Session = Depends(get_session)):
         item = my_item(session, labeler, item_id)
         check_nonce(session, form, labeler.id, f"item:{item.id}")
         try:
-            fields = parse_label_form(form, item.job.kind, len(item.responses), max_text_chars)
+            fields = parse_label_form(form, item.job.kind, len(item.responses), cfg.max_text_chars)
         except ValueError as exc:
             return item_page(request, session, labeler, item, status_code=400, error=str(exc), posted=form)
         try:
@@ -259,7 +316,7 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
         return page(request, "labels.html", user=labeler, labels=labels)
 
     @app.get("/labels/{label_id}")
-    def one_label(label_id: int, labeler: Labeler = Depends(labeler_page), session: Session = Depends(get_session)):
+    def one_label(label_id: RowId, labeler: Labeler = Depends(labeler_page), session: Session = Depends(get_session)):
         label = session.get(Label, label_id)
         if label is None or label.labeler_id != labeler.id:
             raise HTTPException(404, "no such label among yours")
@@ -294,7 +351,7 @@ def create_app(db: str, max_body_bytes: int = 65536, session_hours: float = 12.0
         return admin_page(request, session, admin, new_token=(name, token))
 
     @app.post("/admin/labelers/{labeler_id}/held-out")
-    def set_held_out(labeler_id: int, form: FormData = Depends(form_fields), admin: Labeler = Depends(admin_only),
+    def set_held_out(labeler_id: RowId, form: FormData = Depends(form_fields), admin: Labeler = Depends(admin_only),
                      session: Session = Depends(get_session)):
         check_nonce(session, form, admin.id, f"held-out:{labeler_id}")
         target = session.get(Labeler, labeler_id)

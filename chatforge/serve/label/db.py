@@ -8,16 +8,20 @@ Integrity the app relies on:
   the form is posted;
 - one assignment per (item, labeler): a labeler may only label items assigned to them;
 - one-time form nonces (CSRF): a post consumes its nonce with a single DELETE, so a replay finds none.
+
+A SQLite file is made private (0600, and SQLite gives its -wal and -shm files the same mode), and label
+writes wait for a full sync (synchronous=FULL), so a committed label survives a power cut too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
-                        create_engine, event)
+                        create_engine, event, inspect)
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -25,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 from chatforge.errors import ChatforgeError
 
 KINDS = ("ranking", "demonstration")
+SYNCHRONOUS = ("FULL", "NORMAL")
 LABEL_KINDS = ("ranking", "skip", "demonstration")
 
 
@@ -91,12 +96,13 @@ class Response(Base):
 
 
 class Assignment(Base):
-    """An item handed to a labeler; only assigned items can be seen or labeled."""
+    """An item handed to a labeler; only assigned items can be seen or labeled. One still unlabeled
+    `assignment_minutes` after created_at has expired: it is deleted and the item goes back to the pool."""
     __tablename__ = "assignments"
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     __table_args__ = (UniqueConstraint("item_id", "labeler_id"),)
 
 
@@ -128,13 +134,6 @@ class Nonce(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
-class Setting(Base):
-    """Server-wide values kept across restarts (the cookie signing key)."""
-    __tablename__ = "settings"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
 def database_url(db: str) -> str:
     """A SQLAlchemy URL as given (anything with '://'), or a file path made into sqlite:///ABS_PATH."""
     if "://" in db:
@@ -146,25 +145,52 @@ def database_url(db: str) -> str:
     return f"sqlite:///{path}"
 
 
-def open_db(db: str) -> tuple[Engine, sessionmaker]:
-    """Connect (creating the tables if missing); returns the engine and a session factory."""
+def sqlite_path(db: str) -> Path | None:
+    """The file of a SQLite database given as a path or sqlite:/// URL; None for other databases."""
+    if "://" not in db:
+        return Path(db).expanduser().resolve()
+    if db.startswith("sqlite:///") and db != "sqlite:///:memory:":
+        return Path(db.removeprefix("sqlite:///").split("?")[0])
+    return None
+
+
+def make_private(path: Path) -> None:
+    """Create the SQLite file 0600 if missing (SQLite gives -wal and -shm its mode), tighten it if not."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty file is an empty database
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:  # made by an older version, world-readable
+            file.chmod(0o600)
+
+
+def open_db(db: str, synchronous: str = "FULL") -> tuple[Engine, sessionmaker]:
+    """Connect (creating the tables if missing); returns the engine and a session factory.
+
+    synchronous (SQLite): FULL syncs each commit to disk, so labels survive a power cut; NORMAL only
+    survives a crash of the app, and commits faster."""
     url = database_url(db)
+    if synchronous not in SYNCHRONOUS:
+        raise ChatforgeError(f"field 'sqlite_synchronous': expected one of {', '.join(SYNCHRONOUS)}, got {synchronous!r}")
     try:
         if url.startswith("sqlite"):
+            if sqlite_path(url) is not None:
+                make_private(sqlite_path(url))
             # one connection for the process: threads queue on the pool (woken at once) instead of on
             # SQLite's lock (polled with sleeps), and SQLite allows one writer anyway
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                    poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=120)
-            _sqlite_write_transactions(engine)
+            _sqlite_write_transactions(engine, synchronous)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(engine)
+        if inspect(engine).has_table("settings"):  # older versions kept the cookie signing key there
+            with engine.begin() as connection:
+                connection.exec_driver_sql("DROP TABLE settings")
     except Exception as exc:  # a bad URL, a missing driver, a server that is down: say which
         raise ChatforgeError(f"field 'db': cannot open {url!r}: {type(exc).__name__}: {exc}") from None
     return engine, sessionmaker(engine, expire_on_commit=False)
 
 
-def _sqlite_write_transactions(engine: Engine) -> None:
+def _sqlite_write_transactions(engine: Engine, synchronous: str) -> None:
     """SQLite: every transaction takes the write lock at BEGIN (BEGIN IMMEDIATE) and waits for it.
 
     pysqlite's default deferred BEGIN upgrades to a writer mid-transaction, which fails at once with
@@ -176,7 +202,7 @@ def _sqlite_write_transactions(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below issues BEGIN
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: commits survive a crash of the app, no fsync each
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")  # other processes (the CLI) wait for the lock
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

@@ -7,12 +7,16 @@
     export.json                  counts, the held-out labelers, agreement
 
 Skips ("unclear intent") are counted, not exported. Every ranking is one comparison, so an item ranked
-by three labelers gives three. A file with no records is not written (the readers refuse empty input).
+by three labelers gives three. Every file is written every time, empty when it has no records, so a
+file from an earlier export never survives (a labeler marked held out since leaves comparisons.jsonl);
+each is written to a temporary file and renamed over the old one, so a failed export leaves whole files.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -48,14 +52,29 @@ def export_labels(session: Session, out_dir: str | Path, job: str = "") -> dict:
                                                      "labeler": label.labeler.name})
     written = {}
     for name, records in files.items():
-        if records:
-            path = out_dir / f"{name}.jsonl"
-            with path.open("w", encoding="utf-8") as handle:
-                for record in records:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written[name] = {"path": str(path), "records": len(records)}
+        path = out_dir / f"{name}.jsonl"
+        write_atomically(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        written[name] = {"path": str(path), "records": len(records)}
     held_out = sorted(session.scalars(select(Labeler.name).where(Labeler.held_out)))
     summary = {"job": job or None, "labels": dict(counts), "files": written, "holdout_labelers": held_out,
                "agreement": label_agreement(session, job)}
-    (out_dir / "export.json").write_text(json.dumps(summary, indent=1))
+    write_atomically(out_dir / "export.json", [json.dumps(summary, indent=1)])
     return summary
+
+
+def write_atomically(path: Path, chunks) -> None:
+    """Write the text `chunks` to a temporary file beside `path`, sync it, rename it over `path`; if writing
+    fails, the temporary file is removed and `path` is left as it was."""
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False)
+    try:
+        with handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # as a plain open() would have made it (mkstemp makes 0600)
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise

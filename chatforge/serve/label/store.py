@@ -1,11 +1,18 @@
-"""What the labeling app does to the database: add labelers and jobs, hand out items, store labels."""
+"""What the labeling app does to the database: add labelers and jobs, hand out items, store labels.
+
+An assignment still unlabeled `expiry` after it was made has expired: the labeler may no longer
+submit it, and the next claim deletes it and puts the item back in the pool, so a labeler who left does
+not hold items forever and no item gets more labels than it wants.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
+from datetime import timedelta
 
-from sqlalchemy import Integer, exists, func, insert, select, update
+from sqlalchemy import Integer, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,13 +22,15 @@ from chatforge.serve.label.auth import hash_token, new_token
 from chatforge.serve.label.db import KINDS, Assignment, Item, Job, Label, Labeler, Response, utcnow
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
+DEFAULT_EXPIRY = timedelta(minutes=30)
 # one process hands out items one at a time, so two labelers never take the last free slot together
 _claim_lock = threading.Lock()
 
 
-def add_labeler(session: Session, name: str, admin: bool = False, held_out: bool = False,
+def add_labeler(session: Session, name: str, admin: bool | None = None, held_out: bool | None = None,
                 reset: bool = False) -> str:
-    """Add a labeler (or give an existing one a new token with reset=True); returns the token, shown once."""
+    """Add a labeler (or give an existing one a new token with reset=True, keeping their admin and
+    held-out flags unless given); returns the token, shown once."""
     if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
         raise ChatforgeError(f"field 'name': {name!r} must be 1-64 letters, digits or - _ . @")
     token = new_token()
@@ -29,11 +38,14 @@ def add_labeler(session: Session, name: str, admin: bool = False, held_out: bool
     if labeler is not None and not reset:
         raise ChatforgeError(f"field 'name': labeler {name!r} exists; pass reset=true to give them a new token")
     if labeler is None:
-        labeler = Labeler(name=name, token_hash=hash_token(token), is_admin=admin, held_out=held_out)
+        labeler = Labeler(name=name, token_hash=hash_token(token), is_admin=bool(admin), held_out=bool(held_out))
         session.add(labeler)
     else:
         labeler.token_hash = hash_token(token)
-        labeler.is_admin, labeler.held_out = admin, held_out
+        if admin is not None:
+            labeler.is_admin = admin
+        if held_out is not None:
+            labeler.held_out = held_out
         labeler.session_epoch += 1  # the old token's sessions end
     session.commit()
     return token
@@ -66,18 +78,24 @@ def add_job(session: Session, name: str, kind: str, items: list[tuple], labelers
     return job
 
 
-def next_item(session: Session, labeler: Labeler) -> Item | None:
-    """The labeler's oldest assigned item without a label, else a newly assigned one, else None."""
-    labeled = exists().where(Label.item_id == Assignment.item_id, Label.labeler_id == labeler.id)
-    pending = session.scalar(select(Assignment.item_id).where(Assignment.labeler_id == labeler.id, ~labeled)
-                             .order_by(Assignment.id).limit(1))
+def _labeled():
+    """SQL: the assignment's labeler has labeled its item."""
+    return exists().where(Label.item_id == Assignment.item_id, Label.labeler_id == Assignment.labeler_id)
+
+
+def next_item(session: Session, labeler: Labeler, expiry: timedelta = DEFAULT_EXPIRY) -> Item | None:
+    """The labeler's oldest live assigned item without a label, else a newly assigned one, else None."""
+    pending = session.scalar(select(Assignment.item_id).where(
+        Assignment.labeler_id == labeler.id, Assignment.created_at >= utcnow() - expiry, ~_labeled())
+        .order_by(Assignment.id).limit(1))
     if pending is not None:
         return session.get(Item, pending)
     with _claim_lock:
+        release_expired(session, expiry)
         mine = exists().where(Assignment.item_id == Item.id, Assignment.labeler_id == labeler.id)
         item_id = session.scalar(select(Item.id).where(Item.open, ~mine).order_by(Item.id).limit(1))
         if item_id is None:
-            session.rollback()
+            session.commit()  # keep the releases
             return None
         per_item = select(Job.labelers_per_item).where(Job.id == Item.job_id).scalar_subquery()
         session.add(Assignment(item_id=item_id, labeler_id=labeler.id))
@@ -87,11 +105,35 @@ def next_item(session: Session, labeler: Labeler) -> Item | None:
     return session.get(Item, item_id)
 
 
-def assigned_item(session: Session, labeler: Labeler, item_id: int) -> Item | None:
-    """The item if it is assigned to this labeler, else None (others' items are invisible)."""
-    if session.scalar(select(Assignment.id).where(Assignment.item_id == item_id,
-                                                  Assignment.labeler_id == labeler.id)) is None:
+def release_expired(session: Session, expiry: timedelta, batch: int = 100) -> int:
+    """Delete up to `batch` expired assignments and reopen their items; returns how many."""
+    stale = select(Assignment.id).where(Assignment.created_at < utcnow() - expiry, ~_labeled()).limit(batch)
+    ids = session.scalars(stale.with_for_update()).all()
+    if not ids:
+        return 0
+    # the label check again, in a new statement after the row locks: on PostgreSQL a submit that held
+    # the lock has committed its label by now, and this statement sees it
+    item_ids = session.scalars(delete(Assignment).where(Assignment.id.in_(ids), ~_labeled())
+                               .returning(Assignment.item_id)).all()
+    for item_id, released in Counter(item_ids).items():
+        session.execute(update(Item).where(Item.id == item_id).values(assigned=Item.assigned - released, open=True))
+    return len(item_ids)
+
+
+class AssignmentExpired(Exception):
+    """The labeler's assignment of this item passed its expiry without a label."""
+
+
+def assigned_item(session: Session, labeler: Labeler, item_id: int, expiry: timedelta = DEFAULT_EXPIRY) -> Item | None:
+    """The item if it is assigned to this labeler, else None (others' items are invisible); raises
+    AssignmentExpired when the assignment expired unlabeled. Locks the assignment row (PostgreSQL) so
+    that a release cannot slip between this check and the label's commit."""
+    assignment = session.scalar(select(Assignment).where(Assignment.item_id == item_id,
+                                                         Assignment.labeler_id == labeler.id).with_for_update())
+    if assignment is None:
         return None
+    if assignment.created_at < utcnow() - expiry and own_label(session, labeler, item_id) is None:
+        raise AssignmentExpired
     return session.get(Item, item_id)
 
 
