@@ -46,6 +46,8 @@ class ServeConfig:
     signin_failures_per_client: int = opt(20, "failed sign-ins from one address within signin_window_minutes, "
                                               "then its sign-ins get 429 until the oldest leaves the window")
     signin_window_minutes: float = opt(15.0, "the window the failed sign-ins are counted in")
+    signin_refusal_seconds: float = opt(1.0, "a refused sign-in (429) is answered this late, so a flood that waits "
+                                             "for its answers is held to one try per second per connection")
     signin_tracked_keys: int = opt(10000, "most names and addresses whose failures are kept in memory (the least "
                                           "recently failed are forgotten first)")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = opt("FULL", "FULL: each commit synced to disk, labels survive "
@@ -59,6 +61,9 @@ class ServeConfig:
         for name in ("session_hours", "assignment_minutes", "signin_window_minutes"):
             if getattr(self, name) <= 0:
                 raise ChatforgeError(f"label serve: field '{name}' must be > 0, got {getattr(self, name)}")
+        if self.signin_refusal_seconds < 0:
+            raise ChatforgeError(f"label serve: field 'signin_refusal_seconds' must be >= 0, got "
+                                 f"{self.signin_refusal_seconds}")
 
 
 @dataclass

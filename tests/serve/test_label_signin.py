@@ -5,6 +5,7 @@ HTTPS, and pages that show tokens or labels are never cached."""
 import hashlib
 import sqlite3
 import threading
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -40,8 +41,10 @@ def test_wrong_sign_ins_are_locked_out_per_account_then_per_client(lab, scrypt_c
     client = TestClient(app)
     for _ in range(5):  # the default: 5 failures per account in 15 minutes
         assert sign_in(client, "ann", "wrong").status_code == 401
+    started = time.monotonic()
     locked = sign_in(client, "ann", tokens["ann"])  # even the right token waits now
     assert locked.status_code == 429 and 0 < int(locked.headers["retry-after"]) <= 900
+    assert time.monotonic() - started >= 1.0  # answered a second late: a flood is held back
     assert "try again in" in locked.text and len(scrypt_calls) == 5  # a refused attempt costs no hash
     assert sign_in(TestClient(app, client=("10.0.0.9", 1)), "ann", tokens["ann"]).status_code == 429
     for i in range(15):  # other names from the same address: 20 failures per client
@@ -53,7 +56,8 @@ def test_wrong_sign_ins_are_locked_out_per_account_then_per_client(lab, scrypt_c
 
 
 def test_a_flood_of_wrong_sign_ins_from_eight_threads_is_cut_off(lab, scrypt_calls):
-    _, app, _ = lab
+    db, _, _ = lab
+    app = create_app(db, signin_refusal_seconds=0.05)
     statuses, lock = [], threading.Lock()
 
     def flood(thread: int):

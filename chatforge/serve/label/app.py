@@ -14,6 +14,7 @@ and the address (429), then the token, hashed with no database connection held.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from datetime import timedelta
@@ -28,6 +29,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -214,8 +216,13 @@ def create_app(db: str, **options) -> FastAPI:
     def login_form(request: Request):
         return sign_in_page(request)  # writes nothing: the nonce is signed, not stored
 
+    def credentials(name):
+        with make_session() as session:  # closed before the hash
+            return stored_credentials(session, name)
+
     @app.post("/login")
-    def login(request: Request, form: FormData = Depends(form_fields), session: Session = Depends(get_session)):
+    async def login(request: Request, form: FormData = Depends(form_fields)):
+        # async: a refused try waits here at no cost to the server; the lookup and hash go to the threadpool
         if len(form.getlist("nonce")) != 1 or not sign_in_forms.check(form.get("nonce"),
                                                                         request.cookies.get(SIGN_IN_COOKIE)):
             raise HTTPException(403, "this sign-in form is stale or was made for another browser; reload the page "
@@ -226,13 +233,14 @@ def create_app(db: str, **options) -> FastAPI:
         limits = {f"account:{name}": cfg.signin_failures_per_account,
                   f"client:{request.client.host if request.client else ''}": cfg.signin_failures_per_client}
         wait = math.ceil(throttle.retry_after(limits))
-        if wait:  # refused before the hash: a flood costs no CPU once it is locked out
+        if wait:  # refused before the hash, and answered late: a flood that waits for answers is held back
+            await asyncio.sleep(cfg.signin_refusal_seconds)
             return sign_in_page(request, 429, new_browser=True, headers={"retry-after": str(wait)},
                                 error=f"too many failed sign-ins for this name or from your address; try again in "
                                       f"{wait} s")
-        stored = stored_credentials(session, name)
-        session.close()  # the hash is slow on purpose: hold no connection (nor SQLite's write lock) through it
-        if not token_matches(token, stored.token_hash if stored else None):
+        stored = await run_in_threadpool(credentials, name)
+        # the hash is slow on purpose: it holds no connection (nor SQLite's write lock)
+        if not await run_in_threadpool(token_matches, token, stored.token_hash if stored else None):
             throttle.failed(limits)
             return sign_in_page(request, 401, error="unknown name or token", new_browser=True)
         throttle.succeeded(f"account:{name}")

@@ -1,6 +1,7 @@
 """Simulated labelers against a running labeling server: each signs in as itself and submits random
 rankings for a while; every acknowledged submission (a 303 back to /next) is recorded, so a caller can
-check the database holds exactly those, once each. Used by the load test and benchmarks/label_load.py."""
+check the database holds exactly those, once each. Beside them, optionally, a flood of wrong sign-ins
+from another process. Used by the load test and benchmarks/label_load.py."""
 
 from __future__ import annotations
 
@@ -51,14 +52,20 @@ def sign_in(client, name: str, token: str):
 
 
 def simulate_labelers(base_url: str, credentials: list[tuple[str, str]], seconds: float, seed: int = 0,
-                      timeout_s: float = 30.0) -> LoadResult:
-    """One thread per (name, token): sign in; then, for `seconds` from when all have signed in, take the
-    next item and rank it at random, again and again."""
+                      timeout_s: float = 30.0, on_start=None) -> LoadResult:
+    """One thread per (name, token): sign in; then, for `seconds` from when all have signed in (when
+    `on_start()` is called), take the next item and rank it at random, again and again."""
     import httpx2
 
     result, lock = LoadResult(), threading.Lock()
     window = {}  # the clock starts once everyone has signed in (scrypt is slow on purpose)
-    barrier = threading.Barrier(len(credentials), action=lambda: window.update(start=time.monotonic()))
+
+    def start_window():
+        window.update(start=time.monotonic())
+        if on_start is not None:
+            on_start()
+
+    barrier = threading.Barrier(len(credentials), action=start_window)
 
     def labeler(index: int, name: str, token: str):
         rng = random.Random(seed * 1000 + index)
@@ -112,6 +119,37 @@ def simulate_labelers(base_url: str, credentials: list[tuple[str, str]], seconds
         thread.join()  # each stops by itself: the window, then at most one request's timeout
     result.seconds = time.monotonic() - window.get("start", time.monotonic())
     return result
+
+
+def flood_sign_ins(base_url: str, names: list[str], threads: int, start, stop, results) -> None:
+    """Wrong sign-ins from `threads` threads, as fast as answers come, from `start.set()` to `stop.set()`
+    (multiprocessing events); half at the real `names`, half at made-up ones. Puts {status: count} on the
+    `results` queue. Meant for a process of its own, so that its threads do not slow the labelers' clients."""
+    import collections
+
+    import httpx2
+
+    counts, lock = collections.Counter(), threading.Lock()
+
+    def attacker(index: int):
+        rng = random.Random(index)
+        with httpx2.Client(base_url=base_url, timeout=30.0, follow_redirects=False) as client:
+            start.wait()
+            while not stop.is_set():
+                name = rng.choice(names) if rng.random() < 0.5 else f"guess-{index}-{rng.randrange(10**9)}"
+                try:
+                    status = sign_in(client, name, f"wrong-{rng.randrange(10**9)}").status_code
+                except Exception as exc:  # a refused connection is part of what a flood sees
+                    status = type(exc).__name__
+                with lock:
+                    counts[status] += 1
+
+    workers = [threading.Thread(target=attacker, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put(dict(counts))
 
 
 def prepare_load_db(db: str, labelers: int, items: int, k: int = 4, labelers_per_item: int = 2) -> list[tuple]:
