@@ -18,7 +18,9 @@ def serve_in_thread(app, host: str = "127.0.0.1", start_timeout_s: float = 20.0,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    # proxy headers are the app's to trust (its trusted_proxies), as in `chatforge label serve`
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                           proxy_headers=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="label-server")
     thread.start()
     deadline = time.monotonic() + start_timeout_s
