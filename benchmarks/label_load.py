@@ -27,7 +27,7 @@ from chatforge.serve.label.server import serve_in_subprocess
 
 def one_run(labelers: int, seconds: float, folder: Path, flood: int, synchronous: str) -> dict:
     db = str(folder / f"load-{labelers}.db")
-    credentials = prepare_load_db(db, labelers, items=max(2000, labelers * 300), k=4, labelers_per_item=2)
+    credentials = prepare_load_db(db, labelers, items=max(6000, labelers * 300), k=4, labelers_per_item=2)
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that runs client threads
     start, stop, results = spawn.Event(), spawn.Event(), spawn.Queue()
     with serve_in_subprocess(db, extra=(f"sqlite_synchronous={synchronous}",)) as url:

@@ -156,7 +156,7 @@ def sqlite_path(db: str) -> Path | None:
 
 def make_private(path: Path) -> None:
     """Create the SQLite file 0600 if missing (SQLite gives -wal and -shm its mode), tighten it if not."""
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty file is an empty database
+    os.close(os.open(path, os.O_CREAT | os.O_RDONLY, 0o600))  # an empty file is an empty database
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if file.exists() and file.stat().st_mode & 0o077:  # made by an older version, world-readable
             file.chmod(0o600)
