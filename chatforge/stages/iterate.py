@@ -129,12 +129,15 @@ class Config:
 
 
 def wait_for_export(path: Path, minutes: float, poll_seconds: float = 10.0) -> Path:
-    """Return `path` once it exists, polling for up to `minutes`; fail saying what was expected."""
+    """Return `path` once it holds comparisons, polling for up to `minutes`; fail saying what was expected.
+
+    `label export` writes every file, empty when nothing is ranked yet: an empty file is still waited for."""
     deadline = time.time() + minutes * 60
-    while not path.is_file():
+    while not (path.is_file() and path.stat().st_size > 0):
         if time.time() >= deadline:
-            raise ChatforgeError(f"{path}: field 'rankings_from': no export after waiting {minutes:g} minutes; "
-                                 "export the labeling job's comparisons there (or raise wait_minutes) and rerun")
+            raise ChatforgeError(f"{path}: field 'rankings_from': no export holding comparisons after waiting "
+                                 f"{minutes:g} minutes; export the labeling job's comparisons there (or raise "
+                                 "wait_minutes) and rerun")
         time.sleep(min(poll_seconds, max(deadline - time.time(), 0.0)))
     return path
 

@@ -110,7 +110,10 @@ def test_rankings_from_an_export_file(tiny_world_base, tmp_path):
 
 def test_waiting_for_an_export(tmp_path):
     export = tmp_path / "export.jsonl"
-    with pytest.raises(ChatforgeError, match="no export after waiting"):
+    with pytest.raises(ChatforgeError, match="no export holding comparisons"):
+        iterate.wait_for_export(export, minutes=0.001, poll_seconds=0.01)
+    export.write_text("")  # an export made before anyone ranked: still waiting
+    with pytest.raises(ChatforgeError, match="no export holding comparisons"):
         iterate.wait_for_export(export, minutes=0.001, poll_seconds=0.01)
     threading.Timer(0.05, export.write_text, args=("{}\n",)).start()
     assert iterate.wait_for_export(export, minutes=1, poll_seconds=0.01) == export
