@@ -72,9 +72,24 @@ def post_json(server, body: dict | bytes, headers: dict | None = None) -> tuple[
 
 @contextmanager
 def slow_model(server, seconds: float):
-    """Every forward pass of the served model sleeps `seconds` (a stand-in for a big model's step)."""
-    hook = service_of(server).model.register_forward_pre_hook(lambda *args: time.sleep(seconds))
+    """Every forward pass of the served model sleeps `seconds` (a stand-in for a big model's step); yields the
+    list of its steps' wall times: each forward pass, and from one decoding forward pass to the next."""
+    calls: list[tuple[float, tuple]] = []  # (start, input shape)
+    steps: list[float] = []
+
+    def start(module, args) -> None:
+        calls.append((time.monotonic(), tuple(args[0].shape)))
+        time.sleep(seconds)
+
+    def end(module, args, output) -> None:
+        steps.append(time.monotonic() - calls[-1][0])
+
+    model = service_of(server).model
+    hooks = model.register_forward_pre_hook(start), model.register_forward_hook(end)
     try:
-        yield
+        yield steps
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
+        # a one-token forward over as many rows as the one before continues that generation
+        steps += [later - earlier for (earlier, rows), (later, shape) in zip(calls, calls[1:]) if shape == (rows[0], 1)]

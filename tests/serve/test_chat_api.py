@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from chatserver import running, url_of
+from chatserver import running, slow_model, url_of
 
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.generation import SamplingParams, generate
@@ -134,9 +134,7 @@ def test_concurrent_requests_are_served_one_at_a_time_and_all_answered(client, r
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_the_model(client, server):
-    model = server.config.app.state.service.model
-    slow = model.register_forward_pre_hook(lambda *args: time.sleep(0.05))  # 80 tokens: 4 s if not stopped
-    try:
+    with slow_model(server, 0.05):  # 80 tokens: 4 s if not stopped
         stream = client.chat.completions.create(model="tiny-chat", messages=CHAT, stream=True, max_tokens=80,
                                                 temperature=0.8, seed=1)
         next(iter(stream)), next(iter(stream))
@@ -144,8 +142,6 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_model(client, server):
         start = time.monotonic()
         reply = client.chat.completions.create(model="tiny-chat", messages=CHAT, temperature=0, max_tokens=2)
         waited = time.monotonic() - start
-    finally:
-        slow.remove()
     assert reply.choices[0].finish_reason in ("stop", "length") and waited < 2.5
 
 

@@ -11,7 +11,7 @@ import pytest
 from chatserver import open_request, running, service_of, slow_model, url_of
 
 CHAT = [{"role": "user", "content": "the cat sat"}]
-STEP = 0.03  # seconds per forward pass of the slowed model: the generation step of these tests
+STEP = 0.03  # seconds each forward pass of the model sleeps: a step as slow as a bigger model's
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +55,30 @@ def test_ten_abandoned_big_requests_do_not_delay_the_next_one(server, client):
     worker = service_of(server).worker
     client.chat.completions.create(model="tiny-chat", messages=CHAT, n=16, max_tokens=2)  # warm: a step is a step
     worker.abandoned_work.clear()
-    with slow_model(server, STEP):
+    with slow_model(server, STEP) as steps:
         abandon(server, 10, n=16, max_tokens=4096)
         time.sleep(0.2)  # the hang-ups reach the server
         waited = one_token_wait(client)
-    assert waited < 20 * STEP, f"a one-token request waited {waited:.2f} s"
+    step = max(steps)  # the longest step, as this (possibly busy) machine ran them
+    assert waited < 10 * step, f"a one-token request waited {waited:.2f} s; a step takes {step:.2f} s"
+    assert worker.skipped >= 9  # those still waiting when their clients left never ran
     spent = sum(end - start for start, end in worker.abandoned_work)
-    assert spent < 3 * STEP, f"{spent:.2f} s of work for clients that were gone"
+    assert spent <= step + 0.05, f"{spent:.2f} s of work for clients that were gone; a step takes {step:.2f} s"
 
 
 def test_a_non_streamed_request_is_stopped_within_a_token_when_its_client_hangs_up(server, client):
     service = service_of(server)
     client.chat.completions.create(model="tiny-chat", messages=CHAT, max_tokens=2)  # warm
     service.worker.abandoned_work.clear()
-    with slow_model(server, STEP):
+    with slow_model(server, STEP) as steps:
         # seed 1: a 53-token reply (other seeds may end within a few tokens, before the hang-up)
         body = {"messages": CHAT, "max_tokens": 80, "temperature": 0.8, "seed": 1}
         sock = open_request(server, json.dumps(body).encode())
         time.sleep(10 * STEP)  # it is decoding
         sock.close()
         wait_until(lambda: len(service.worker.abandoned_work) == 1)
-    [(start, end)] = service.worker.abandoned_work
-    assert end - start < 3 * STEP  # at most the step under way, and the next token's check
+    [(cancelled, end)] = service.worker.abandoned_work
+    assert end - cancelled <= max(steps) + 0.05  # at most the step under way
 
 
 def test_a_full_queue_answers_429_with_retry_after(server, client):
