@@ -38,6 +38,13 @@ def url_of(server) -> str:
     return f"http://127.0.0.1:{port_of(server)}"
 
 
+def openai_client(server, key: str = "unused", timeout: float = 30):
+    """The official openai client for `server`, without retries (a test sees each error once)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{url_of(server)}/v1", api_key=key, timeout=timeout, max_retries=0)
+
+
 def service_of(server):
     """The app's ChatService (model, worker, limits)."""
     return server.config.app.state.service

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from chatserver import running, slow_model, url_of
+from chatserver import openai_client, running, slow_model, url_of
 
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.generation import SamplingParams, generate
@@ -34,8 +34,8 @@ def server_url(server):
 
 
 @pytest.fixture(scope="module")
-def client(server_url):
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused", timeout=30, max_retries=0)
+def client(server):
+    return openai_client(server)
 
 
 @pytest.fixture(scope="module")

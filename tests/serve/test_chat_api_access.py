@@ -6,7 +6,7 @@ import json
 
 import openai
 import pytest
-from chatserver import open_request, port_of, read_response, running, url_of
+from chatserver import open_request, openai_client, port_of, read_response, running
 
 from chatforge.errors import ChatforgeError
 from chatforge.serve.access import allowed_hosts, is_loopback
@@ -26,7 +26,7 @@ def server(tiny_chat_model_dir):
 
 
 def client(server, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url_of(server)}/v1", api_key=key, timeout=30, max_retries=0)
+    return openai_client(server, key)
 
 
 def test_requests_without_the_right_api_key_are_401(server):

@@ -7,7 +7,7 @@ import time
 
 import openai
 import pytest
-from chatserver import open_request, post_json, read_response, running, service_of, url_of
+from chatserver import open_request, openai_client, post_json, read_response, running, service_of
 
 from chatforge.generation import IncrementalDecoder
 from chatforge.serve.choices import Choice, StopMatcher
@@ -25,7 +25,7 @@ def server(tiny_chat_model_dir):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{url_of(server)}/v1", api_key="unused", timeout=30, max_retries=0)
+    return openai_client(server)
 
 
 def assert_openai_error(body: dict, param: str | None, code: str | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 import torch
-from chatserver import running, url_of
+from chatserver import openai_client, running
 
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.models.io import load_causal_lm, load_tokenizer
@@ -21,7 +21,7 @@ def server(tiny_chat_model_dir):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{url_of(server)}/v1", api_key="unused", timeout=30, max_retries=0)
+    return openai_client(server)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 
 import openai
 import pytest
-from chatserver import open_request, running, service_of, slow_model, url_of
+from chatserver import open_request, openai_client, running, service_of, slow_model
 
 CHAT = [{"role": "user", "content": "the cat sat"}]
 STEP = 0.03  # seconds each forward pass of the model sleeps: a step as slow as a bigger model's
@@ -22,7 +22,7 @@ def server(tiny_chat_model_dir):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{url_of(server)}/v1", api_key="unused", timeout=60, max_retries=0)
+    return openai_client(server, timeout=60)
 
 
 def wait_until(condition, seconds: float = 10) -> None:
