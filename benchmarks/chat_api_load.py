@@ -200,9 +200,13 @@ def main() -> None:
     print(f"one step of an n=16 request during the run: decoding p50 {decode[len(decode) // 2] * 1e3:.1f} / max "
           f"{decode[-1] * 1e3:.1f} ms, the prompt's (prefill) max {prefill[-1] * 1e3:.1f} ms; idle "
           f"{mixed['idle_step'] * 1e3:.1f} ms")
-    print(f"longest work for one gone client: {pieces[-1] * 1e3:.1f} ms = {pieces[-1] / longest_step:.2f} x the longest "
-          f"step; longest wait of a normal request behind abandoned work (summed over gone clients): {wait * 1e3:.1f} ms "
+    print(f"abandoned requests: {mixed['skipped']} skipped (their client left while they waited), {len(abandoned_work)} "
+          f"stopped while decoding, after p50 {pieces[len(pieces) // 2] * 1e3:.1f} / p95 "
+          f"{pieces[int(len(pieces) * 0.95)] * 1e3:.1f} / max {pieces[-1] * 1e3:.1f} ms of work once the client had left")
+    print(f"longest work for one gone client = {pieces[-1] / longest_step:.2f} x the longest step; longest wait of a "
+          f"normal request behind abandoned work (summed over gone clients): {wait * 1e3:.1f} ms "
           f"(goal: at most one step per gone client)")
+
 
 if __name__ == "__main__":
     main()
