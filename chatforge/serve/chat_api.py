@@ -92,7 +92,9 @@ class ChatService:
         params = sampling_params(temperature, request.top_p, request.top_k, max_tokens, request.seed)
 
         def run(job: Job) -> None:
-            capture = LogprobCapture(self.model, self.tokenizer, request.top_logprobs or 0) if request.logprobs else None
+            capture = None
+            if request.logprobs:
+                capture = LogprobCapture(self.model, self.tokenizer, request.top_logprobs or 0)
 
             def on_token(index: int, token: int) -> None:
                 job.check()
@@ -207,7 +209,7 @@ def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256, lim
             raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}") from exc
         finally:
             watcher.cancel()
-            job.cancel()  # no-op when done; stops the work if this task itself was cancelled
+            job.cancel()  # harmless when done; stops the work if this task itself was cancelled
         return {**head, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
                              "logprobs": {"content": c.logprobs} if body.logprobs else None,
