@@ -1,143 +1,72 @@
 """An OpenAI-compatible chat API over one chatforge model, and a chat page (FastAPI).
 
     POST /v1/chat/completions   OpenAI's request and response schema, `stream: true` as server-sent events
-    GET  /v1/models             the one model served
+    GET  /v1/models             the one model served (and /v1/models/{id})
     GET  /                      a chat page that streams from the endpoint
 
-Existing clients work unchanged, e.g. `openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")`.
-Supported request fields: messages (system / developer / user / assistant, text content), temperature
-(0: greedy), top_p, top_k (an extension, as in vLLM), max_tokens / max_completion_tokens, n, stop,
-seed, stream, stream_options.include_usage. `model` is accepted whatever it says (one model is
-served); other fields are ignored, except tools and logprobs, which are refused. Bad requests get
-OpenAI's error JSON: 422 for a malformed body, 400 for values the model cannot serve (a prompt
-longer than the context). Generations run one at a time on one worker thread; the n choices of a
-request are decoded together as one batch.
+Existing clients work unchanged, e.g. `openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)`.
+The request fields served are in schema.py, the limits on them in limits.py, the API key and Host
+check in access.py. Errors are OpenAI's JSON with OpenAI's status codes (400, 401, 404, 413, 429, 500).
+Generations run one at a time on one worker thread (worker.py); the n choices of a request are decoded
+together as one batch; a request whose client hangs up is stopped at its next token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import nullcontext
 from importlib import resources
-from typing import AsyncIterator, Iterator, Literal
+from typing import AsyncIterator
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from chatforge.data.chat import chat_prompt_ids
-from chatforge.generation import IncrementalDecoder, TokenStream, context_length
+from chatforge.generation import IncrementalDecoder, context_length, default_stop_token_ids, generate
+from chatforge.serve.access import LOOPBACK_HOSTS, api_key_dependency
+from chatforge.serve.choices import Choice, StopMatcher
+from chatforge.serve.errors import ApiError, error_body, param_name
+from chatforge.serve.limits import GREEDY_BELOW_TEMPERATURE, Limits, check_request
+from chatforge.serve.logprobs import LogprobCapture
+from chatforge.serve.schema import ChatRequest
+from chatforge.serve.worker import Job, Worker
 from chatforge.stages.chat import sampling_params
 
 
-class ApiError(Exception):
-    """An error returned to the client as OpenAI's {"error": {...}} body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    """The fields of OpenAI's chat completion request that chatforge serves."""
-
-    model_config = ConfigDict(extra="allow")  # clients send more (user, presence_penalty, ...): ignored
-
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-
-@dataclass
-class Choice:
-    """One choice of a request as its tokens arrive: text cut before the first stop string, token count, end."""
-
-    decoder: IncrementalDecoder
-    stops: list[str]
-    text: str = ""  # the reply so far, up to (not including) a stop string
-    sent: int = 0  # characters of `text` already handed out
-    tokens: int = 0  # generated tokens, a stop token included
-    finish_reason: str | None = None  # "stop" (stop token or stop string) or "length"
-
-    def add(self, token: int, stop_token_ids: list[int]) -> str:
-        """Take one generated token; return the text that may be sent now."""
-        if self.finish_reason is not None:
-            return ""
-        self.tokens += 1
-        if token in stop_token_ids:
-            return self._extend(self.decoder.flush(), end="stop")
-        return self._extend(self.decoder.add(token))
-
-    def finish(self) -> str:
-        """The generation ended: release what was held back; no stop seen means it was cut ("length")."""
-        if self.finish_reason is not None:
-            return ""
-        return self._extend(self.decoder.flush(), end="length")
-
-    def _extend(self, new_text: str, end: str | None = None) -> str:
-        text = self.text + new_text
-        hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if hit >= 0:
-            text, end = text[:hit], "stop"
-        self.text, self.finish_reason = text, end
-        # while running, a tail that could be the start of a stop string waits for the next token
-        held = 0 if end else max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        upto = max(len(text) - held, self.sent)
-        piece, self.sent = text[self.sent:upto], upto
-        return piece
+class _AllStopped(Exception):
+    """Every choice met a stop string: the rest of the generation is not needed."""
 
 
 class ChatService:
-    """The model, its tokenizer and the one worker thread that decodes requests in turn."""
+    """The model, its tokenizer, the limits, and the worker that decodes requests in turn."""
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 256):
+    def __init__(self, model, tokenizer, max_new_tokens: int = 256, limits: Limits | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens = max_new_tokens
+        self.limits = limits or Limits()
         self.context = context_length(model)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatforge-generate")
+        self.stop_token_ids = default_stop_token_ids(tokenizer, model)
+        self.worker = Worker(self.limits.max_queue)
         self.created = int(time.time())
+
+    def check(self, request: ChatRequest) -> None:
+        """Refuse what cannot be served, before any tokenizing (cheap: lengths and counts)."""
+        if getattr(request, "tools", None) or getattr(request, "functions", None):
+            raise ApiError(400, "tools / function calling are not supported by chatforge serve", "tools")
+        if request.top_logprobs is not None and not request.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        check_request(request, [m.text() for m in request.messages], self.limits)
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The chat rendered with the model's template, checked against the context."""
-        if getattr(request, "tools", None) or getattr(request, "functions", None):
-            raise ApiError(400, "tools / function calling are not supported by chatforge serve", "tools")
-        if getattr(request, "logprobs", None):
-            raise ApiError(400, "logprobs are not supported by chatforge serve", "logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in request.messages]
         try:
@@ -152,28 +81,40 @@ class ChatService:
 
     def new_choices(self, request: ChatRequest) -> list[Choice]:
         """One empty Choice per requested completion (n), with the request's stop strings."""
-        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        return [Choice(IncrementalDecoder(self.tokenizer), [s for s in stops if s]) for _ in range(request.n)]
+        stops = request.stop_strings()
+        return [Choice(IncrementalDecoder(self.tokenizer), StopMatcher(stops)) for _ in range(request.n)]
 
-    def stream(self, request: ChatRequest, prompt_ids: list[int], choices: list[Choice]) -> Iterator[tuple[int, str]]:
-        """Decode the request's choices as one batch; yield (choice index, new text) as text arrives.
-
-        The choices end with finish_reason set; generation stops early once every choice met a stop string.
-        """
+    def work(self, request: ChatRequest, prompt_ids: list[int], choices: list[Choice]):
+        """The job's work (run on the worker thread): decode the choices as one batch, putting
+        ("piece", index, text, logprob entries) events as text arrives."""
         max_tokens = request.max_completion_tokens or request.max_tokens or self.max_new_tokens
-        params = sampling_params(request.temperature, request.top_p, request.top_k, max_tokens, request.seed)
-        with TokenStream(self.model, self.tokenizer, [prompt_ids] * request.n, params,
-                         executor=self.executor) as tokens:
-            for index, token in tokens:
-                piece = choices[index].add(token, tokens.stop_token_ids)
-                if piece:
-                    yield index, piece
+        temperature = request.temperature if request.temperature >= GREEDY_BELOW_TEMPERATURE else 0.0
+        params = sampling_params(temperature, request.top_p, request.top_k, max_tokens, request.seed)
+
+        def run(job: Job) -> None:
+            capture = None
+            if request.logprobs:
+                capture = LogprobCapture(self.model, self.tokenizer, request.top_logprobs or 0)
+
+            def on_token(index: int, token: int) -> None:
+                job.check()
+                entry = capture.entry(token) if capture else None  # every row, to stay aligned with the logits
+                piece, entries = choices[index].add(token, self.stop_token_ids, entry)
+                if piece or entries:
+                    job.put(("piece", index, piece, entries))
                 if all(c.finish_reason is not None for c in choices):
-                    break
-        for index, choice in enumerate(choices):
-            piece = choice.finish()
-            if piece:
-                yield index, piece
+                    raise _AllStopped
+
+            try:
+                with capture or nullcontext():
+                    generate(self.model, self.tokenizer, [prompt_ids] * request.n, params, on_token=on_token)
+            except _AllStopped:
+                pass
+            for index, choice in enumerate(choices):
+                piece, entries = choice.finish()
+                if piece or entries:
+                    job.put(("piece", index, piece, entries))
+        return run
 
     def usage(self, prompt_ids: list[int], choices: list[Choice]) -> dict:
         """OpenAI's usage counts: prompt tokens, generated tokens of all choices, their sum."""
@@ -182,95 +123,147 @@ class ChatService:
                 "total_tokens": len(prompt_ids) + completion}
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    """OpenAI's error response: {"error": {"message", "type", "param", "code"}}."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status, headers=headers)
 
 
-def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256) -> FastAPI:
-    """The FastAPI app serving `model` under the name `model_name` (max_new_tokens: default reply limit)."""
-    service = ChatService(model, tokenizer, max_new_tokens)
-    app = FastAPI(title="chatforge", description="OpenAI-compatible chat API over a chatforge model")
-    app.state.service = service
-    page = resources.files("chatforge.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
-
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's JSON; a request that fails validation is 400 (OpenAI's code), not FastAPI's 422."""
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
-        return error_body(exc.status, exc.message, exc.param, exc.code)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
-        first = exc.errors()[0]["loc"] if exc.errors() else ()
-        param = ".".join(str(p) for p in first if p != "body") or None
-        return error_body(422, "; ".join(problems), param)
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            return error_response(400, f"the body is not valid JSON: {errors[0].get('ctx', {}).get('error')}",
+                                  code="invalid_json")
+        problems = [f"{param_name(e['loc']) or 'body'}: {e['msg']}" for e in errors]
+        first = errors[0] if errors else {"loc": (), "type": ""}
+        code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+        return error_response(400, "; ".join(problems), param_name(first["loc"]), code)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException):
-        return error_body(exc.status_code, str(exc.detail))
+    async def http_error(_: Request, exc: HTTPException):  # 404 / 405 routes, 413 from the body limit
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 256, limits: Limits | None = None,
+               api_key: str = "", allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI app serving `model` under the name `model_name`.
+
+    max_new_tokens: reply length when a request gives none; api_key: required Bearer token (empty: none);
+    allowed_hosts: Host headers accepted (None: loopback names only).
+    """
+    service = ChatService(model, tokenizer, max_new_tokens, limits)
+    # FastAPI's own body limit: 413 from Content-Length, or once the bytes read pass it, before the rest is read
+    app = FastAPI(title="chatforge", description="OpenAI-compatible chat API over a chatforge model",
+                  max_body_size=service.limits.max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
+    app.state.service = service
+    add_error_handlers(app)
+    page = (resources.files("chatforge.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
+            .replace("{{MODEL_NAME}}", html.escape(model_name)).replace("{{KEY_HIDDEN}}", "" if api_key else "hidden"))
 
     @app.get("/", response_class=HTMLResponse)
     def chat_page() -> str:
-        return page.replace("{{MODEL_NAME}}", html.escape(model_name))
+        return page
 
-    @app.get("/v1/models")
+    api = APIRouter(prefix="/v1", dependencies=[Depends(api_key_dependency(api_key))] if api_key else [])
+
+    def model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": service.created, "owned_by": "chatforge"}
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != model_name:
+            raise ApiError(404, f"the model `{name}` does not exist; this server serves `{model_name}`",
+                           "model", "model_not_found")
+
+    @api.get("/models")
     def list_models() -> dict:
-        return {"object": "list",
-                "data": [{"id": model_name, "object": "model", "created": service.created, "owned_by": "chatforge"}]}
+        return {"object": "list", "data": [model_card()]}
 
-    @app.post("/v1/chat/completions")
-    def chat_completions(request: ChatRequest):
-        prompt_ids = service.prompt_ids(request)
-        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": completion_id, "created": created, "model": model_name}
-        if request.stream:
-            events = sse_events(service, request, prompt_ids, head)
-            return StreamingResponse(relay(events), media_type="text/event-stream")
-        choices = service.new_choices(request)
+    @api.get("/models/{name}")
+    def get_model(name: str) -> dict:
+        check_model(name)
+        return model_card()
+
+    @api.post("/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        check_model(body.model)
+        service.check(body)
+        service.worker.check_room()  # before tokenizing: a busy server answers 429 cheaply
+        prompt_ids = await anyio.to_thread.run_sync(service.prompt_ids, body)
+        choices, job = service.new_choices(body), Job(asyncio.get_running_loop())
+        service.worker.submit(job, service.work(body, prompt_ids, choices))
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        if body.stream:
+            return JobStream(job, sse_events(service, body, job, prompt_ids, choices, head))
+        watcher = asyncio.ensure_future(cancel_on_disconnect(request, job))
         try:
-            for _ in service.stream(request, prompt_ids, choices):
+            async for _ in job.events():
                 pass
         except Exception as exc:  # e.g. out of GPU memory: a JSON error, and the server keeps serving
             raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            watcher.cancel()
+            job.cancel()  # harmless when done; stops the work if this task itself was cancelled
         return {**head, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(choices)],
+                             "logprobs": {"content": c.logprobs} if body.logprobs else None,
+                             "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
                 "usage": service.usage(prompt_ids, choices)}
 
+    app.include_router(api)
     return app
 
 
-async def relay(events: Iterator[str]) -> AsyncIterator[str]:
-    """The events of a blocking iterator, each fetched on a worker thread; closed when the client hangs up.
+async def cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Cancel `job` when the client hangs up (the body is read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
 
-    Starlette cancels the response when the client disconnects; a plain iterator would be left running
-    (and the model busy until the reply is done); closing it ends its TokenStream at the next token.
+
+class JobStream(StreamingResponse):
+    """Server-sent events of a job; the job is cancelled when the response ends, finished or not.
+
+    Starlette stops the response when the client disconnects, but leaves the event generator suspended,
+    so its own `finally` would run only when it is garbage collected.
     """
-    try:
-        while (event := await anyio.to_thread.run_sync(next, events, None)) is not None:
-            yield event
-    finally:
-        events.close()  # the thread's next() has returned: anyio waits for it before cancelling
+
+    def __init__(self, job: Job, events: AsyncIterator[str]):
+        super().__init__(events, media_type="text/event-stream")
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
 
 
-def sse_events(service: ChatService, request: ChatRequest, prompt_ids: list[int], head: dict) -> Iterator[str]:
+async def sse_events(service: ChatService, request: ChatRequest, job: Job, prompt_ids: list[int],
+                     choices: list[Choice], head: dict) -> AsyncIterator[str]:
     """The streamed response: a role chunk per choice, content chunks, a finish chunk per choice, usage, [DONE]."""
-    def event(choices: list[dict], **extra) -> str:
-        return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
+    def event(chunk_choices: list[dict], **extra) -> str:
+        return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': chunk_choices, **extra})}\n\n"
 
     for index in range(request.n):
-        yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    choices = service.new_choices(request)
+        yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])
     try:
-        for index, piece in service.stream(request, prompt_ids, choices):
-            yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
+        async for _, index, piece, entries in job.events():
+            yield event([{"index": index, "delta": {"content": piece},
+                          "logprobs": {"content": entries} if request.logprobs else None, "finish_reason": None}])
     except Exception as exc:  # headers are sent: report it in the stream, as OpenAI does
         message = f"generation failed: {type(exc).__name__}: {exc}"
         yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
         return
     for index, choice in enumerate(choices):
-        yield event([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])
+        yield event([{"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}])
     if request.stream_options is not None and request.stream_options.include_usage:
         yield event([], usage=service.usage(prompt_ids, choices))
     yield "data: [DONE]\n\n"
