@@ -63,3 +63,6 @@ def test_a_users_generation_config_keeps_its_fields_and_gains_the_stop_ids(tmp_p
                                                                 if key != "eos_token_id"}
     assert config["eos_token_id"] == [eos, end, 7] and config["pad_token_id"] == pad
     assert not (saved / "README.md").exists()  # cards are for final folders, passed by the stage
+    tokenizer.chat_template = None  # a plain language model: EOS (and what the user listed), no end of turn
+    saved = save_hf_folder(load_causal_lm(hub), tokenizer, tmp_path / "plain")
+    assert json.loads((saved / "generation_config.json").read_text())["eos_token_id"] == [eos, 7]
