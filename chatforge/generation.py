@@ -40,9 +40,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from chatforge.errors import ChatforgeError
-
-# End-of-turn tokens that also end a response: chatforge's own, ChatML (Qwen), Llama 3.
-END_OF_TURN_TOKENS = ("<|end|>", "<|im_end|>", "<|eot_id|>")
+from chatforge.models.stops import stop_token_ids
 
 Prompt = str | Sequence[int]
 TokenCallback = Callable[[int, int], None]
@@ -59,7 +57,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1.0: no nucleus filtering
     num_beams: int = 1
     length_penalty: float = 1.0  # beam score = sum logprob / len ** length_penalty
-    stop_token_ids: list[int] | None = None  # None: the tokenizer's EOS + end-of-turn token; []: never stop
+    stop_token_ids: list[int] | None = None  # None: the tokenizer's EOS + its template's end of turn; []: never stop
     seed: int | None = None  # None: torch's global RNG
 
     def validate(self) -> None:
@@ -123,15 +121,11 @@ class GenerationResult:
 
 
 def default_stop_token_ids(tokenizer=None, model=None) -> list[int]:
-    """The tokenizer's EOS plus any end-of-turn token it has (`<|end|>`, ...); else the model config's EOS."""
+    """The tokenizer's EOS plus its chat template's end-of-turn token (models.stops, as in a saved folder's
+    generation_config.json); without a tokenizer, the model's generation config or config EOS."""
     ids: list[int] = []
     if tokenizer is not None:
-        if tokenizer.eos_token_id is not None:
-            ids.append(int(tokenizer.eos_token_id))
-        for token in END_OF_TURN_TOKENS:
-            token_id = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in ids:
-                ids.append(token_id)
+        ids = stop_token_ids(tokenizer)
     elif model is not None:
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = eos if eos is not None else getattr(model.config, "eos_token_id", None)

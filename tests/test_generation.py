@@ -14,6 +14,7 @@ from chatforge.generation import (
     default_stop_token_ids,
     generate,
 )
+from chatforge.stages.tokenizer import CHAT_TEMPLATE
 
 VOCAB = 96
 PROMPTS = [[5, 9, 11, 40, 33, 7, 21, 60, 3], [8, 3, 77], [17, 18, 19, 20, 21, 22]]  # different lengths
@@ -33,7 +34,7 @@ def tiny_model(kind: str = "llama", seed: int = 0):
 
 
 def tiny_tokenizer():
-    """A byte-level BPE trained on a few sentences, with EOS, pad and an end-of-turn token."""
+    """A byte-level BPE trained on a few sentences, with EOS, pad and chatforge's chat template (turns end <|end|>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -42,8 +43,10 @@ def tiny_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|pad|>", "<|endoftext|>", "<|end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(["the cat sat on the mat", "a dog ran in the park", "hello world"] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>",
-                                   extra_special_tokens=["<|end|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>",
+                                        extra_special_tokens=["<|end|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def greedy(max_new_tokens: int = 12, **kwargs) -> SamplingParams:

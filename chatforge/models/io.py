@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from chatforge.errors import ChatforgeError
+from chatforge.models.stops import stop_token_ids
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -107,11 +108,33 @@ def check_tokenizer_fits(tokenizer, model_dir, field: str = "model") -> None:
             "model was trained with (the one saved in its folder).")
 
 
-def save_hf_folder(model, tokenizer, path, write_extra: Callable[[Path], None] | None = None) -> Path:
+def write_generation_config(folder: Path, tokenizer) -> None:
+    """Make generation_config.json stop where chatforge's decoder stops: eos_token_id = EOS + the template's
+    end-of-turn token (+ any other stop id it already listed), pad_token_id = the tokenizer's pad. Its other
+    fields (a hub model's sampling defaults) stay. Edited as JSON, not through GenerationConfig, whose save
+    refuses an edited config that it would only warn about (e.g. a temperature with do_sample off)."""
+    config_file = folder / "generation_config.json"
+    if tokenizer is None or not config_file.exists():  # no generation config: a reward model or critic
+        return
+    config = json.loads(config_file.read_text())
+    listed = config.get("eos_token_id")
+    listed = listed if isinstance(listed, list) else [listed] if isinstance(listed, int) else []
+    stops = stop_token_ids(tokenizer)
+    stops += [token_id for token_id in listed if token_id not in stops]  # e.g. Llama 3.1's <|eom_id|>
+    if stops:
+        config["eos_token_id"] = stops if len(stops) > 1 else stops[0]
+    if tokenizer.pad_token_id is not None:
+        config["pad_token_id"] = int(tokenizer.pad_token_id)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_hf_folder(model, tokenizer, path, write_extra: Callable[[Path], None] | None = None,
+                   card: str | None = None) -> Path:
     """Write model + tokenizer to `path` atomically: a temp folder, then rename; return `path`.
 
-    `write_extra(folder)` may add files (e.g. trainer state) before the rename. An interrupted save
-    never leaves a half-written folder under the final name.
+    generation_config.json gets the tokenizer's stop ids (write_generation_config), `card` (models.card)
+    becomes README.md, and `write_extra(folder)` may add files (e.g. trainer state) before the rename.
+    An interrupted save never leaves a half-written folder under the final name.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -123,6 +146,9 @@ def save_hf_folder(model, tokenizer, path, write_extra: Callable[[Path], None] |
     unwrapped.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    write_generation_config(tmp, tokenizer)
+    if card is not None:
+        (tmp / "README.md").write_text(card)
     if write_extra is not None:
         write_extra(tmp)
     if path.exists():

@@ -43,7 +43,7 @@ class Config:
     top_p: float = opt(1.0, "sample among the smallest set of tokens with this much probability (1.0: off)")
     num_beams: int = opt(1, "beam search width (1: greedy / sampling)")
     length_penalty: float = opt(1.0, "beam score = sum logprob / length ** length_penalty")
-    stop_token_ids: list[int] | None = opt(None, "ids that end a response (null: the tokenizer's EOS and <|end|>)")
+    stop_token_ids: list[int] | None = opt(None, "ids that end a response (null: the tokenizer's EOS and its chat template's end of turn)")
     seed: int | None = opt(0, "sampling seed (null: nondeterministic)")
     batch_size: int = opt(16, "prompts decoded together")
     device: str = opt("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")

@@ -50,6 +50,7 @@ from chatforge.guards import NonFiniteGuard
 from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, policy_loss,
                               token_cross_entropy, value_loss)
 from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
                                  load_tokenizer, save_hf_folder)
 from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
@@ -406,6 +407,11 @@ def run(cfg: Config) -> Path:
                "kl_coef": state["kl_coef"], "first": state["first"], "last": state["last"]}
     if dist.is_main():
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    dist.on_main(save_hf_folder, plain_model(actor), tokenizer, final)
+    last_rollout = {key: value for key, value in (state["last"] or {}).items()  # the last step's
+                    if key.startswith("rollout/") and key not in ("rollout/tokens", "rollout/tokens_per_s")}
+    card = model_card("ppo-ptx" if cfg.ptx_coef > 0 else "ppo", tokenizer, base_model=cfg.policy,
+                      data=[cfg.prompts, *(cfg.pretrain_data if cfg.ptx_coef > 0 else [])], folder=str(final),
+                      metrics={"steps": state["step"], **last_rollout})
+    dist.on_main(save_hf_folder, plain_model(actor), tokenizer, final, card=card)
     print(f"ppo: done -> {final}")
     return final

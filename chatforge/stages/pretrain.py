@@ -30,6 +30,7 @@ from chatforge.errors import ChatforgeError
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import IGNORE_INDEX, token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.card import model_card
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -228,6 +229,8 @@ def run(cfg: Config) -> Path:
                "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)) if last_val is not None else None}
     if dist.is_main():
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    dist.on_main(save_hf_folder, dist.saveable(model), tokenizer, final)
+    card = model_card("pretrain", tokenizer, base_model=cfg.init_from, data=cfg.corpus + cfg.val_corpus,
+                      metrics=summary, folder=str(final))
+    dist.on_main(save_hf_folder, dist.saveable(model), tokenizer, final, card=card)
     print(f"pretrain: done, {state['tokens_seen']:,} tokens seen -> {final}")
     return final

@@ -39,6 +39,7 @@ from chatforge.generation import context_length
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import pairwise_accuracy, ranking_loss
 from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.card import model_card
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_tokenizer, save_hf_folder
 from chatforge.models.reward import (build_reward_model, chat_ids, check_tied_embeddings, head_and_likelihood,
                                      lm_weight, load_reward_model, pad_right, sequence_rewards)
@@ -363,7 +364,12 @@ def run(cfg: Config) -> Path:
     final = out_dir / "final"
     if dist.is_main():
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    dist.on_main(save_hf_folder, base, tokenizer, final)
+    val_numbers = {f"val_{key}": value for key, value in (summary["val"] or {}).items()
+                   if isinstance(value, (int, float))}
+    card = model_card("rm", tokenizer, base_model=cfg.model, data=cfg.train_data + cfg.val_data, folder=str(final),
+                      metrics={"train_comparisons": len(train), "reward_bias": -mean_reward, **val_numbers},
+                      reward_model=True)
+    dist.on_main(save_hf_folder, base, tokenizer, final, card=card)
     if val:
         line = f"rm: val pairwise accuracy {summary['val']['accuracy']:.4f} over {summary['val']['pairs']} pairs"
         if "gold_agreement" in summary["val"]:

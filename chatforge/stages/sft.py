@@ -42,6 +42,7 @@ from chatforge.generation import SamplingParams, context_length
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
+from chatforge.models.card import model_card
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, load_tokenizer, save_hf_folder
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -295,7 +296,9 @@ def run(cfg: Config) -> Path:
         weights = dist.saveable(plain_model(model))  # with LoRA, one merged copy serves both saves
         if state["best_key"] is None or key > state["best_key"] or selected_by == "last":
             state["best_key"], state["best_epoch"] = key, epoch + 1
-            dist.on_main(save_hf_folder, weights, tokenizer, out_dir / "best")
+            card = model_card("sft", tokenizer, base_model=cfg.model, data=cfg.train_data + cfg.val_data,
+                              metrics={**record, "selected_by": selected_by}, folder=str(out_dir / "best"))
+            dist.on_main(save_hf_folder, weights, tokenizer, out_dir / "best", card=card)
         dist.on_main(save_checkpoint, out_dir, state["step"], weights, tokenizer,
                      dist.checkpoint_state(model, {"optimizer": optimizer, "scheduler": scheduler}, saving=True),
                      {k: v for k, v in state.items() if k != "step"}, cfg.keep_last,

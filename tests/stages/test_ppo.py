@@ -52,6 +52,12 @@ def test_ppo_logs_every_number_and_saves_loadable_models(tiny_world_base, reward
     AutoModelForCausalLM.from_pretrained(final)
     checkpoint = tmp_path / "ppo" / "checkpoints" / "step_0000004"
     assert (checkpoint / "critic" / "config.json").exists() and (checkpoint / "trainer_state.pt").exists()
+    tokenizer = load_tokenizer(final)
+    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    for folder in (final, checkpoint):  # plain transformers stops at the end of a turn, resumed or final
+        assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == stops
+    card = (final / "README.md").read_text()
+    assert "- \"ppo-ptx\"" in card and f"base_model: \"{base}\"" in card and "| rollout/kl |" in card
     summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["reward_std_sft"] > 0
 

@@ -27,6 +27,8 @@ def test_loss_falls_and_final_folder_loads(toy_corpus, toy_tokenizer_dir, tmp_pa
     assert len(vals) == 2 and vals[-1] < 4.0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 30 and summary["tokens_seen"] == 30 * 8 * 32
+    card = (final / "README.md").read_text()
+    assert "- \"pretrain\"" in card and "| tokens_seen | 7680 |" in card
 
 
 def test_resume_continues_from_the_newest_checkpoint(toy_corpus, toy_tokenizer_dir, tmp_path):

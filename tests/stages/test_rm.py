@@ -48,6 +48,8 @@ def test_rm_trains_centres_rewards_and_saves_a_classifier(tiny_world_base, compa
     assert 0.5 <= summary["val"]["gold_ceiling"] <= 1.0  # the gold scorer agrees with its own noisy labels
     model = AutoModelForSequenceClassification.from_pretrained(final)
     assert model.config.num_labels == 1 and model.config.reward_bias == pytest.approx(summary["reward_bias"])
+    card = (final / "README.md").read_text()
+    assert "- \"reward-model\"" in card and f"| val_accuracy | {summary['val']['accuracy']:.4g} |" in card
     losses = [m["train/loss"] for m in read_metrics(tmp_path / "rm") if "train/loss" in m]
     per_epoch = len(losses) // 6
     first, last = losses[:per_epoch], losses[-per_epoch:]
