@@ -1,12 +1,13 @@
 # Quick start: `make demo` (the built-in end-to-end run on CPU) and `make test` (the test suite).
-# Both create .venv/ on first use and reuse it while pyproject.toml is unchanged.
+# Both create .venv/ on first use and reuse it while pyproject.toml and constraints.txt (the pinned versions)
+# are unchanged. `make lock` rewrites constraints.txt with the newest versions pyproject.toml allows.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.chatforge-installed
 
-.PHONY: demo test test-fast bench clean-venv
+.PHONY: demo test test-fast bench lock clean-venv
 
-$(STAMP): pyproject.toml scripts/setup_venv.sh
+$(STAMP): pyproject.toml constraints.txt scripts/setup_venv.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_venv.sh
 	touch $(STAMP)
 
@@ -25,6 +26,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/pretrain_throughput.py
 	$(VENV)/bin/python benchmarks/generation_throughput.py
+
+lock:
+	PYTHON=$(PYTHON) bash scripts/refresh_pins.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from chatforge.environment import versions_line
 from chatforge.errors import ChatforgeError
 
 
@@ -292,5 +293,5 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg, path: str | Path) -> None:
-    """Write the resolved config to `path` as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config to `path` as YAML, the package versions it ran with in a first comment line."""
+    Path(path).write_text(f"# ran with {versions_line()}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False))

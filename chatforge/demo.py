@@ -33,6 +33,7 @@ from pathlib import Path
 
 from chatforge.config import load_config, opt
 from chatforge.data.jsonl import read_jsonl
+from chatforge.environment import machine, versions
 from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
@@ -390,6 +391,8 @@ def report_card(cfg: Config, chain: Chain, phases: Phases, start: float) -> Path
         report.add("weak_kl_gold_end", shape["gold_end"], "its gold score at the end (below the peak: over-optimization)")
         report.add("weak_kl_reward_end", shape["reward_end"], f"its RM reward at the end (at the peak: "
                    f"{shape['reward_peak']:.3f})")
+    report.add("versions", versions(), "python, chatforge and the packages that move the numbers (constraints.txt)")
+    report.add("machine", machine(), "the CPU, logical cores, torch threads, OS and GPU: numbers differ between CPUs")
     sampled = sampled_results(evals)
     add_dimension_numbers(report, judged, sampled)
     add_intervals(report, greedy_scores, evals, eval_cfg.ci_resamples, eval_cfg.seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chatforge import demo
+from chatforge import demo, environment
 from chatforge.cli import main
 from chatforge.config import load_config
 from chatforge.errors import ChatforgeError
@@ -79,6 +79,8 @@ def test_demo_end_to_end(small_demo):
         assert (run_dir / "plots" / f"{plot}.png").exists(), plot
     assert report["base_ppl"] > 1.0 and 0.0 <= report["ppo_ptx_winrate_vs_sft"] <= 1.0
     assert "report card:" in out
+    assert report["versions"] == environment.versions() and report["machine"]["torch_threads"] == str(THREADS)
+    assert report["machine"]["cpu"] and "| `versions` | python " in (run_dir / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The report card: `report.json` (the scoreboard, flat key -> number, or a list such as a [low, high] interval)
+"""The report card: `report.json` (the scoreboard, flat key -> number, or a list such as a [low, high] interval,
+or a mapping of text such as the package versions)
 and `report.md` (for a person, with plots).
 
 Stages add headline numbers, markdown sections and PNG plots; `save()` writes both files. Keys
@@ -19,7 +20,7 @@ class Report:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.title = title
-        self.numbers: dict[str, float | int | str | list | None] = {}
+        self.numbers: dict[str, float | int | str | list | dict | None] = {}
         self.descriptions: dict[str, str] = {}
         self.sections: list[tuple[str, str]] = []
         existing = self.run_dir / "report.json"
@@ -114,7 +115,9 @@ def clean(value):
 
 
 def shown(value) -> str:
-    """A report.json value as report.md shows it: 4 significant digits, lists as [a, b]."""
+    """A report.json value as report.md shows it: 4 significant digits, lists as [a, b], a mapping as 'k v, ...'."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {shown(item)}" for key, item in value.items())
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(shown(item) for item in value) + "]"
     return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -33,3 +33,11 @@ def test_each_interval_is_saved_right_after_its_number(tmp_path):
         report.add(key, value)
     json_path, _ = report.save()
     assert list(json.loads(json_path.read_text())) == ["a", "a_ci95", "b"]
+
+
+def test_a_mapping_such_as_the_versions_is_one_line_of_report_md(tmp_path):
+    report = Report(tmp_path)
+    report.add("versions", {"python": "3.11.7", "torch": "2.13.0+cpu"}, "package versions")
+    json_path, md_path = report.save()
+    assert json.loads(json_path.read_text())["versions"] == {"python": "3.11.7", "torch": "2.13.0+cpu"}
+    assert "| `versions` | python 3.11.7, torch 2.13.0+cpu | package versions |" in md_path.read_text()
