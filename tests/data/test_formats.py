@@ -163,7 +163,7 @@ def test_comparison_skips_are_counted(tmp_path):
         {"prompt": "q", "responses": ["a", "b", "a"]},
         {"prompt": "q", "responses": ["a", " a\n"]},
         {"prompt": "q", "chosen": "same", "rejected": "same"},
-        {"prompt": "q", "responses": ["a", "", "c"]},
+        {"prompt": "q", "responses": ["a", "", "  "]},  # one response left: too few to rank
         {"prompt": "q", "chosen": "a", "rejected": "   "},
         {"prompt": [], "chosen": "a", "rejected": "b"},
         {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: other q\n\nAssistant: b"},
@@ -199,11 +199,11 @@ def test_folders_and_lists_read_files_in_sorted_order(tmp_path):
 def test_path_errors(tmp_path):
     with pytest.raises(ChatforgeError, match="nope.jsonl: file or folder does not exist"):
         data_files(tmp_path / "nope.jsonl")
-    with pytest.raises(ChatforgeError, match="folder holds no .jsonl or .parquet files"):
+    with pytest.raises(ChatforgeError, match="folder holds no .jsonl, .parquet or .csv files"):
         data_files(tmp_path)
-    (tmp_path / "d.csv").write_text("prompt,response\n")
-    with pytest.raises(ChatforgeError, match="d.csv: unsupported file type"):
-        data_files(tmp_path / "d.csv")
+    (tmp_path / "d.tsv").write_text("prompt\tresponse\n")
+    with pytest.raises(ChatforgeError, match="d.tsv: unsupported file type"):
+        data_files(tmp_path / "d.tsv")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ChatforgeError, match="no records found"):
         read_comparisons(tmp_path / "empty.jsonl")
