@@ -362,7 +362,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise ChatforgeError(f"{path}:{line}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 0
     try:
         header = [name.strip() for name in next(reader, [])]
         for index, name in enumerate(header):
@@ -379,7 +380,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
                                      f"({', '.join(header)}), got {len(cells)}")
             yield start, dict(zip(header, cells))
     except csv.Error as exc:
-        raise ChatforgeError(f"{path}:{reader.line_num}: invalid CSV ({exc})") from None
+        raise ChatforgeError(f"{path}:{line + 1}: invalid CSV ({exc}); quote a cell holding commas, quotes "
+                             "or line breaks, doubling its quotes") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:

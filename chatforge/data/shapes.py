@@ -62,6 +62,13 @@ def _string_pair(with_prompt: bool) -> Callable[[dict], bool]:
 def _openai_chat(record: dict, source: str) -> list[dict]:
     messages = messages_field(record["messages"], source, "messages")
     check_chat(messages, source, "messages", "role")
+    for index, raw in enumerate(record["messages"]):
+        # OpenAI's fine-tuning "weight": 0 keeps an assistant turn as context but out of the loss
+        weight = raw.get("weight")
+        if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
+            raise field_error(source, f"messages[{index}].weight", f"expected 0 or 1, got {weight!r}")
+        if weight == 0 and messages[index]["role"] == "assistant":
+            messages[index]["weight"] = 0
     return messages
 
 
