@@ -13,15 +13,17 @@ Each record's `source` is "FILE:N": N is the line of a JSONL file, the line a CS
 1-based row of parquet and `datasets`. In parquet and `datasets` a null cell counts as an absent
 field (all rows share the columns). Fields not named below are ignored.
 
-A message is {"role": "system" | "user" | "assistant", "content": str} (other keys, such as OpenAI's
-"name", are ignored). A prompt is a string (one user message) or a list of messages; it is everything
-before the response.
+A message is {"role": "system" | "user" | "assistant", "content": str}; other keys, such as OpenAI's
+"name", are ignored, but for OpenAI's "weight" in "messages": an assistant message of weight 0 keeps
+{"weight": 0}, and the SFT loss leaves that turn out (it stays as context). A prompt is a string (one
+user message) or a list of messages; it is everything before the response.
 
 Shapes
 ------
-Each record's shape is found by its fields (the first field named is the one that marks it), among
-the shapes `format` reads (auto: all of them). Per record rather than per file, so a folder or a list
-of files may mix shapes, and parquet rows whose null cells drop fields are read by what they hold.
+Each record's shape is found by the fields that mark it (shapes.py's Shape.keys: "completion" marks
+TRL's prompt-completion, "instruction" or "output" Alpaca), among the shapes `format` reads (auto:
+all of them). Per record rather than per file, so a folder or a list of files may mix shapes, and
+parquet rows whose null cells drop fields are read by what they hold.
 `fields` renames the file's fields first: {"prompt": "question"} reads the field "question" as
 "prompt" (errors name "question").
 
@@ -60,11 +62,12 @@ Errors (ChatforgeError naming FILE:N and the field; fix the data and run again):
   than the header; a record of no shape the format reads (the error lists the record's fields and
   those shapes); a missing field; a field of the wrong type; an unknown role (named, with the
   message's or turn's index); an empty chat; a chat whose last message is not the assistant's, or
-  whose last two are; a prompt whose last message is the assistant's (the response follows it); a
-  conversational response that is not one assistant message; fewer than 2 or more than 9 ranked
-  responses; a record with two shapes' fields (say 'messages' and 'response', or 'responses' and
-  'chosen'); an HH field that is not a "\n\nHuman: ...\n\nAssistant: ..." transcript. A read that
-  finds no records at all is an error too.
+  whose last two are; a "weight" other than 0 or 1; a prompt whose last message is the assistant's
+  (the response follows it); a conversational response that is not one assistant message; fewer
+  than 2 or more than 9 ranked responses; a record with two shapes' fields (say 'messages' and
+  'response', or 'responses' and 'chosen'); an HH field that is not a "\n\nHuman: ...\n\nAssistant:
+  ..." transcript; a field mapping naming a field no shape reads. A read that finds no records at
+  all is an error too.
 Skips (the record is left out and counted by reason in ReadStats; the first that applies, in order):
   "HH transcript does not end with an assistant turn"
   "HH transcripts differ before the last assistant turn"
