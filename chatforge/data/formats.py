@@ -235,7 +235,8 @@ def read_prompts(path: str | Path) -> list[tuple[str | list[dict], str]]:
 
 
 def data_files(paths: str | Path | list) -> list[Path]:
-    """Expand files and folders into .jsonl/.parquet/.csv files and `datasets` folders, failing clearly when there are none."""
+    """Expand files and folders into .jsonl/.parquet/.csv files and `datasets` folders, failing clearly when
+    there are none."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []

@@ -89,7 +89,8 @@ def _prompt_completion(record: dict, source: str) -> list[dict]:
 
 
 def _alpaca(record: dict, source: str) -> list[dict]:
-    """Alpaca's prompt is the instruction, then the input (when not blank) after a blank line, as its template lays them out."""
+    """Alpaca's prompt: the instruction, then the input (when not blank) after a blank line, as its template
+    lays them out."""
     instruction, output = string_field(record, "instruction", source), string_field(record, "output", source)
     extra = string_field(record, "input", source) if "input" in record else ""
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -99,7 +100,8 @@ def _alpaca(record: dict, source: str) -> list[dict]:
 def _sharegpt(record: dict, source: str) -> list[dict]:
     turns = record["conversations"]
     if not isinstance(turns, list):
-        raise field_error(source, "conversations", f'expected a list of turns {{"from", "value"}}, got {kind_of(turns)}')
+        raise field_error(source, "conversations",
+                          f'expected a list of turns {{"from", "value"}}, got {kind_of(turns)}')
     messages = [{"role": "system", "content": string_field(record, "system", source)}] if "system" in record else []
     for index, turn in enumerate(turns):
         where = f"conversations[{index}]"
@@ -174,7 +176,8 @@ def _conversational(record: dict, source: str) -> tuple[list[dict], list[str]]:
 
 def _only_reply(messages: list[dict], source: str, name: str) -> str:
     if len(messages) != 1:
-        raise field_error(source, name, f"expected one assistant message after the prompt, got {len(messages)} messages")
+        raise field_error(source, name,
+                          f"expected one assistant message after the prompt, got {len(messages)} messages")
     if messages[0]["role"] != "assistant":
         raise field_error(source, f"{name}[0].role", f"expected 'assistant' (the reply), got '{messages[0]['role']}'")
     return messages[0]["content"]
@@ -326,8 +329,8 @@ def check_chat(messages: list[dict], source: str, name: str, role_key: str, offs
         raise field_error(source, f"{name}[{last - offset}].{role_key}", "the last message must be the assistant's "
                           f"reply (the text SFT learns), got '{messages[last]['role']}'")
     if last > 0 and messages[last - 1]["role"] == "assistant":
-        raise field_error(source, f"{name}[{last - 1 - offset}].{role_key}", "the message before the last reply must not be the assistant's; join the "
-                          "two assistant messages")
+        raise field_error(source, f"{name}[{last - 1 - offset}].{role_key}", "the message before the last reply "
+                          "must not be the assistant's; join the two assistant messages")
 
 
 # --- error messages ---------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
 @dataclass
 class Config:
     model: str = opt("", "SFT model folder the reward model starts from")
-    train_data: list[str] = opt([], "comparison files/folders (.jsonl, .parquet, .csv, datasets folder): K-wise rankings, "
-                                             "chosen/rejected pairs (TRL too) or HH")
+    train_data: list[str] = opt([], "comparison files/folders (.jsonl, .parquet, .csv, datasets folder): K-wise "
+                                    "rankings, chosen/rejected pairs (TRL too) or HH")
     val_data: list[str] = opt([], "held-out comparisons for pairwise accuracy")
     format: Literal["auto", "chatforge", "trl", "hh"] = opt(
         "auto", "record shapes to read: auto (each record's shape found by its fields) or one format's shapes "
