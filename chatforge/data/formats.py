@@ -102,8 +102,8 @@ from typing import Callable, Iterator, Sequence
 
 from chatforge.data.corpus import open_parquet
 from chatforge.data.shapes import MAX_RESPONSES, MIN_RESPONSES  # noqa: F401 (rank, label read them here)
-from chatforge.data.shapes import (COMPARISON_SHAPES, DEMONSTRATION_SHAPES, Skip, check_fields, field_error, kind_of,
-                                   parse_record, prompt_messages, shapes_of)
+from chatforge.data.shapes import (COMPARISON_SHAPES, DEMONSTRATION_SHAPES, Shape, Skip, check_fields, field_error,
+                                   kind_of, parse_record, prompt_messages, shapes_of)
 from chatforge.errors import ChatforgeError
 
 SUFFIXES = (".jsonl", ".parquet", ".csv")
@@ -186,25 +186,19 @@ def read_demonstrations(paths: str | Path | list, format: str = "auto",
                         fields: dict | None = None) -> tuple[list[Demonstration], ReadStats]:
     """Read every demonstration in `paths` (files, folders) in the shapes `format` reads, renaming the files'
     fields by `fields` ({shape field: file field}); errors stop the read, skips are counted."""
-    shapes = shapes_of(format, DEMONSTRATION_SHAPES, "demonstration")
-    check_fields(fields or {}, DEMONSTRATION_SHAPES, "reading demonstrations")
-
-    def parse(record: dict, source: str, stats: ReadStats) -> Demonstration:
+    def parse(record: dict, source: str, shapes, stats: ReadStats) -> Demonstration:
         messages = parse_record(record, source, shapes, DEMONSTRATION_SHAPES)
         _check_texts(messages[:-1], [messages[-1]["content"]], minimum=1)
         return Demonstration(messages, source)
 
-    return _read(paths, parse, fields or {})
+    return _read(paths, parse, DEMONSTRATION_SHAPES, format, fields or {})
 
 
 def read_comparisons(paths: str | Path | list, format: str = "auto",
                      fields: dict | None = None) -> tuple[list[Comparison], ReadStats]:
     """Read every comparison in `paths` (files, folders) in the shapes `format` reads, renaming the files'
     fields by `fields` ({shape field: file field}); errors stop the read, skips are counted."""
-    shapes = shapes_of(format, COMPARISON_SHAPES, "comparison")
-    check_fields(fields or {}, COMPARISON_SHAPES, "reading comparisons")
-
-    def parse(record: dict, source: str, stats: ReadStats) -> Comparison:
+    def parse(record: dict, source: str, shapes, stats: ReadStats) -> Comparison:
         labeler = record.get("labeler")
         if labeler is not None and not isinstance(labeler, str):
             raise field_error(source, "labeler", f"expected a string (the labeler's id), got {kind_of(labeler)}")
@@ -214,7 +208,7 @@ def read_comparisons(paths: str | Path | list, format: str = "auto",
             stats.notes[RANKING_DROP] += len(responses) - len(kept)
         return Comparison(prompt, kept, labeler, source)
 
-    return _read(paths, parse, fields or {})
+    return _read(paths, parse, COMPARISON_SHAPES, format, fields or {})
 
 
 def read_prompts(path: str | Path) -> list[tuple[str | list[dict], str]]:
@@ -294,7 +288,10 @@ def fit_to_context(prompt_len: int, response_lens: int | Sequence[int], max_len:
 
 # --- reading rows -----------------------------------------------------------------------------------
 
-def _read(paths, parse: Callable[[dict, str, ReadStats], object], fields: dict) -> tuple[list, ReadStats]:
+def _read(paths, parse: Callable, every: tuple[Shape, ...], format: str, fields: dict) -> tuple[list, ReadStats]:
+    """parse(record, source, the shapes `format` reads, stats) each record of `paths`, its fields renamed."""
+    shapes = shapes_of(format, every, "comparison" if every is COMPARISON_SHAPES else "demonstration")
+    check_fields(fields, every, "reading data")
     stats, records = ReadStats(), []
     for path in data_files(paths):
         for number, record in _rows(path):
@@ -303,7 +300,7 @@ def _read(paths, parse: Callable[[dict, str, ReadStats], object], fields: dict) 
             if not isinstance(record, dict):
                 raise ChatforgeError(f"{source}: expected a JSON object, got {kind_of(record)}")
             try:
-                records.append(parse(_rename(record, fields), source, stats))
+                records.append(parse(_rename(record, fields), source, shapes, stats))
             except Skip as skip:
                 stats.skip(skip.reason)
             except ChatforgeError as error:

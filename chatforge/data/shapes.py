@@ -98,22 +98,10 @@ def _alpaca(record: dict, source: str) -> list[dict]:
 
 
 def _sharegpt(record: dict, source: str) -> list[dict]:
-    turns = record["conversations"]
-    if not isinstance(turns, list):
-        raise field_error(source, "conversations",
-                          f'expected a list of turns {{"from", "value"}}, got {kind_of(turns)}')
-    messages = [{"role": "system", "content": string_field(record, "system", source)}] if "system" in record else []
-    for index, turn in enumerate(turns):
-        where = f"conversations[{index}]"
-        if not isinstance(turn, dict):
-            raise field_error(source, where, f'expected a turn {{"from", "value"}}, got {kind_of(turn)}')
-        speaker, value = string_field(turn, "from", source, where), string_field(turn, "value", source, where)
-        if speaker not in SHAREGPT_ROLES:
-            raise field_error(source, f"{where}.from", f"unknown role '{speaker}' in turn {index}; expected one of "
-                              f"{', '.join(SHAREGPT_ROLES)}")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
-    check_chat(messages, source, "conversations", "from", offset=len(messages) - len(turns))
-    return messages
+    system = [{"role": "system", "content": string_field(record, "system", source)}] if "system" in record else []
+    turns = messages_field(record["conversations"], source, "conversations", "from", "value", SHAREGPT_ROLES)
+    check_chat(system + turns, source, "conversations", "from", offset=len(system))
+    return system + turns
 
 
 DEMONSTRATION_SHAPES = (
@@ -303,20 +291,24 @@ def prompt_messages(record: dict, source: str) -> list[dict]:
     return messages
 
 
-def messages_field(value, source: str, name: str) -> list[dict]:
-    """A list of {"role", "content"} messages (other keys are dropped) with known roles."""
+def messages_field(value, source: str, name: str, role_key: str = "role", text_key: str = "content",
+                   roles: dict | None = None) -> list[dict]:
+    """A list of {role_key, text_key} messages (other keys are dropped) as {"role", "content"}, each role
+    known to `roles` (the file's name -> chatforge's; by default ROLES as they are)."""
+    roles = roles or {role: role for role in ROLES}
+    shape = f'{{"{role_key}", "{text_key}"}}'
     if not isinstance(value, list):
-        raise field_error(source, name, f"expected a list of messages {{\"role\", \"content\"}}, got {kind_of(value)}")
+        raise field_error(source, name, f"expected a list of messages {shape}, got {kind_of(value)}")
     messages = []
     for index, message in enumerate(value):
         where = f"{name}[{index}]"
         if not isinstance(message, dict):
-            raise field_error(source, where, f"expected a message {{\"role\", \"content\"}}, got {kind_of(message)}")
-        role, content = string_field(message, "role", source, where), string_field(message, "content", source, where)
-        if role not in ROLES:
-            raise field_error(source, f"{where}.role", f"unknown role '{role}' in message {index}; "
-                              f"expected one of {', '.join(ROLES)}")
-        messages.append({"role": role, "content": content})
+            raise field_error(source, where, f"expected a message {shape}, got {kind_of(message)}")
+        role, text = string_field(message, role_key, source, where), string_field(message, text_key, source, where)
+        if role not in roles:
+            raise field_error(source, f"{where}.{role_key}", f"unknown role '{role}' in message {index}; "
+                              f"expected one of {', '.join(roles)}")
+        messages.append({"role": roles[role], "content": text})
     return messages
 
 
