@@ -176,7 +176,8 @@ def nothing_left(stage: str, what: str, paths, stats: ReadStats, max_len: int, e
     text = f"{stage}: no {what} left ({paths}): {stats.summary()}{extra}"
     if any(stats.skipped[reason] for reason in LENGTH_REASONS):
         text += (f"; {' and '.join(repr(r) for r in LENGTH_REASONS if stats.skipped[r])} means longer than "
-                 f"max_len={max_len} tokens: raise max_len, or use too_long=truncate_prompt")
+                 f"max_len={max_len} tokens: raise max_len"
+                 + (", or use too_long=truncate_prompt" if stats.skipped["too long"] else ""))
     return ChatforgeError(text)
 
 

@@ -1,9 +1,10 @@
 import json
 import sys
+from collections import Counter
 
 import pytest
 
-from chatforge.data.formats import (Fit, ReadStats, data_files, fit_to_context, read_comparisons,
+from chatforge.data.formats import (Fit, ReadStats, data_files, fit_to_context, nothing_left, read_comparisons,
                                     read_demonstrations)
 from chatforge.errors import ChatforgeError
 
@@ -286,3 +287,14 @@ def test_fit_cuts_the_prompt_from_the_left_and_is_counted():
     assert stats.summary() == "read 4, kept 3 (prompt truncated: 2), skipped 1 (response too long: 1)"
     with pytest.raises(ChatforgeError, match="field 'too_long': expected one of truncate_prompt, drop"):
         fit_to_context(1, 1, 10, "truncate")
+
+
+def test_nothing_left_says_why_by_reason():
+    skips = ReadStats(read=3, skipped=Counter({"empty response": 2, "duplicate responses": 1}))
+    assert str(nothing_left("rm", "training comparison", ["c.jsonl"], skips, 256)) == (
+        "rm: no training comparison left (['c.jsonl']): read 3, kept 0, skipped 3 (empty response: 2, "
+        "duplicate responses: 1)")
+    too_long = ReadStats(read=2, skipped=Counter({"too long": 1, "response too long": 1}))
+    assert str(nothing_left("sft", "val demonstration", "d.jsonl", too_long, 64)).endswith(
+        "'too long' and 'response too long' means longer than max_len=64 tokens: raise max_len, "
+        "or use too_long=truncate_prompt")
