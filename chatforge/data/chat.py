@@ -42,11 +42,12 @@ def chat_prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
 
 
 def tokenize_chat(tokenizer, messages: list[dict], source: str = "") -> TokenizedChat:
-    """Token ids of the whole chat and a mask that is 1 on every assistant turn's tokens."""
+    """Token ids of the whole chat and a mask that is 1 on every assistant turn's tokens (but those of
+    turns with "weight": 0, kept as context only)."""
     input_ids = _render(tokenizer, messages)
     loss_mask = [0] * len(input_ids)
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else \
             _render(tokenizer, [], add_generation_prompt=True)

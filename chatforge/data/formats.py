@@ -5,24 +5,51 @@ Files
 `paths` is a file, a folder, or a list of those.
 - `.jsonl`: one JSON object per line; blank lines are ignored.
 - `.parquet`: one record per row (needs pyarrow).
-- a folder: every .jsonl and .parquet file under it, in sorted order; but a folder holding
+- `.csv`: a header row naming the columns, then one record per row; every cell is a string.
+- a folder: every .jsonl, .parquet and .csv file under it, in sorted order; but a folder holding
   `dataset_info.json`, `state.json` or `dataset_dict.json` is a Hugging Face `datasets` folder
   written by `save_to_disk` (needs `pip install datasets`; for a DatasetDict pass one split's folder).
-Each record's `source` is "FILE:N": N is the line of a JSONL file, the 1-based row of parquet and
-`datasets`. In parquet and `datasets` a null cell counts as an absent field (all rows share the
-columns). Fields not named below are ignored.
+Each record's `source` is "FILE:N": N is the line of a JSONL file, the line a CSV row starts on, the
+1-based row of parquet and `datasets`. In parquet and `datasets` a null cell counts as an absent
+field (all rows share the columns). Fields not named below are ignored.
 
-A message is {"role": "system" | "user" | "assistant", "content": str} (other keys are ignored).
-A prompt is a string (one user message) or a list of messages; it is everything before the response.
+A message is {"role": "system" | "user" | "assistant", "content": str}; other keys, such as OpenAI's
+"name", are ignored, but for OpenAI's "weight" in "messages": an assistant message of weight 0 keeps
+{"weight": 0}, and the SFT loss leaves that turn out (it stays as context). A prompt is a string (one
+user message) or a list of messages; it is everything before the response.
+
+Shapes
+------
+Each record's shape is found by the fields that mark it (shapes.py's Shape.keys: "completion" marks
+TRL's prompt-completion, "instruction" or "output" Alpaca), among the shapes `format` reads (auto:
+all of them). Per record rather than per file, so a folder or a list of files may mix shapes, and
+parquet rows whose null cells drop fields are read by what they hold.
+`fields` renames the file's fields first: {"prompt": "question"} reads the field "question" as
+"prompt" (errors name "question").
 
 Demonstrations (SFT) -> Demonstration(messages, source), the last message being the assistant's:
-    {"prompt": str | [message, ...], "response": str}    -> prompt messages + the assistant's response
-    {"messages": [message, ...]}                          -> as given
+    {"messages": [message, ...]}                        chatforge, openai, trl: as given
+    {"prompt": str | [message, ...], "response": str}  chatforge: prompt + the assistant's response
+    {"prompt": ..., "completion": str | [message, ...]}  trl: prompt + completion (a string is the
+                                                        assistant's reply; a list of messages is
+                                                        appended, ending with the assistant's)
+    {"instruction", "input", "output"}                 alpaca: one user message, the instruction, then
+                                                        "\n\n" and the input when the input is not
+                                                        blank (it may be absent); output -> assistant
+    {"conversations": [{"from", "value"}, ...]}        sharegpt: from human|user -> user, gpt|assistant
+                                                        -> assistant, system -> system; an optional
+                                                        top-level "system": str goes first
 
 Comparisons (reward model) -> Comparison(prompt, responses ranked best -> worst, labeler, source):
-    {"prompt": str | [message, ...], "responses": [best, ..., worst]}    K-wise ranking, K = 2..9
-    {"prompt": str | [message, ...], "chosen": str, "rejected": str}     K = 2
-    {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": "..."}   Anthropic HH
+    {"prompt", "responses": [best, ..., worst]}        chatforge: K-wise ranking, K = 2..9
+    {"prompt", "chosen": str, "rejected": str}         chatforge, trl: K = 2
+    {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": "..."}    chatforge, hh: Anthropic HH
+    {"prompt", "chosen": [message], "rejected": [message]}    trl conversational, explicit prompt:
+                                                        each response is one assistant message
+    {"chosen": [message, ...], "rejected": [message, ...]}    trl conversational, implicit prompt:
+                                                        two whole chats; the turns before the last
+                                                        (assistant) message, the same in both, are
+                                                        the prompt
   Any shape may carry "labeler": str. HH records are two whole transcripts: they are split into
   turns at "\n\nHuman:" / "\n\nAssistant:" (Human -> user, Assistant -> assistant, each turn's text
   stripped); the turns before the final assistant turn, the same in both, are the prompt, and the two
@@ -31,29 +58,41 @@ Comparisons (reward model) -> Comparison(prompt, responses ranked best -> worst,
 Rules
 -----
 Errors (ChatforgeError naming FILE:N and the field; fix the data and run again):
-  invalid JSON; invalid UTF-8; a record that is not an object; a missing field; a field of the wrong
-  type; an unknown role (named, with the message's index); an empty `messages` list; a chat whose last
-  message is not the assistant's; a prompt whose last message is the assistant's (the response follows
-  it); fewer than 2 or more than 9 ranked responses; a record with both shapes ('messages' and
-  'prompt'/'response', or 'responses' and 'chosen'/'rejected'); an HH field that is not a
-  "\n\nHuman: ...\n\nAssistant: ..." transcript. A read that finds no records at all is an error too.
+  invalid JSON, CSV or UTF-8; a record that is not an object; a CSV row with more or fewer cells
+  than the header; a record of no shape the format reads (the error lists the record's fields and
+  those shapes); a missing field; a field of the wrong type; an unknown role (named, with the
+  message's or turn's index); an empty chat; a chat whose last message is not the assistant's, or
+  whose last two are; a "weight" other than 0 or 1; a prompt whose last message is the assistant's
+  (the response follows it); a conversational response that is not one assistant message; fewer
+  than 2 or more than 9 ranked responses; a record with two shapes' fields (say 'messages' and
+  'response', or 'responses' and 'chosen'); an HH field that is not a "\n\nHuman: ...\n\nAssistant:
+  ..." transcript; a field mapping naming a field no shape reads. A read that finds no records at
+  all is an error too.
 Skips (the record is left out and counted by reason in ReadStats; the first that applies, in order):
   "HH transcript does not end with an assistant turn"
   "HH transcripts differ before the last assistant turn"
+  "chosen and rejected differ before the last assistant turn"    (trl implicit prompt)
   "empty prompt"          no message before the response has any non-whitespace content
-  "empty response"        a response (the last assistant message) is empty or only whitespace
+  "empty response"        a demonstration's reply, or all but one response of a comparison, is empty
+                          or only whitespace
   "duplicate responses"   two responses of one comparison are equal, ignoring surrounding whitespace
+Notes (the record is kept, changed, and counted in ReadStats.notes):
+  "empty response dropped from a ranking"    an empty response leaves a ranking, K falls by one,
+                                             while 2 or more responses remain
 Texts are kept exactly as given (HH turns excepted); only these checks look at them stripped.
 
 Length rule (tokenizer-agnostic, applied by a stage after tokenizing): `fit_to_context(prompt_len,
 response_lens, max_len, too_long)`. When prompt + longest response fit in max_len, keep all.
 Otherwise "drop" leaves the record out (reason "too long"); "truncate_prompt" keeps the response
 whole and drops prompt tokens from the left (noted as "prompt truncated"), or leaves the record out
-when the response alone is longer than max_len (reason "response too long").
+when the response alone is longer than max_len (reason "response too long"). When a stage has
+nothing left, `nothing_left` says why, by these counts.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections import Counter
@@ -62,17 +101,16 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from chatforge.data.corpus import open_parquet
+from chatforge.data.shapes import MAX_RESPONSES, MIN_RESPONSES  # noqa: F401 (rank, label read them here)
+from chatforge.data.shapes import (COMPARISON_SHAPES, DEMONSTRATION_SHAPES, Shape, Skip, check_fields, field_error,
+                                   kind_of, parse_record, prompt_messages, shapes_of)
 from chatforge.errors import ChatforgeError
 
-ROLES = ("system", "user", "assistant")
-MIN_RESPONSES, MAX_RESPONSES = 2, 9
-SUFFIXES = (".jsonl", ".parquet")
+SUFFIXES = (".jsonl", ".parquet", ".csv")
 DATASETS_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 TOO_LONG_POLICIES = ("truncate_prompt", "drop")
-
-DEMONSTRATION_SHAPES = '{"prompt", "response"} or {"messages": [...]}'
-COMPARISON_SHAPES = ('{"prompt", "responses": [best, ..., worst]}, {"prompt", "chosen", "rejected"} '
-                     'or Anthropic HH {"chosen", "rejected"}')
+LENGTH_REASONS = ("too long", "response too long")
+RANKING_DROP = "empty response dropped from a ranking"
 
 
 @dataclass
@@ -133,16 +171,45 @@ def _reasons(counts: Counter) -> str:
     return f" ({', '.join(f'{reason}: {n}' for reason, n in ordered)})" if ordered else ""
 
 
+def nothing_left(stage: str, what: str, paths, stats: ReadStats, max_len: int, extra: str = "") -> ChatforgeError:
+    """The error for a stage left with no record: why each was left out, by reason, and the length only when it was."""
+    text = f"{stage}: no {what} left ({paths}): {stats.summary()}{extra}"
+    if any(stats.skipped[reason] for reason in LENGTH_REASONS):
+        text += (f"; {' and '.join(repr(r) for r in LENGTH_REASONS if stats.skipped[r])} means longer than "
+                 f"max_len={max_len} tokens: raise max_len"
+                 + (", or use too_long=truncate_prompt" if stats.skipped["too long"] else ""))
+    return ChatforgeError(text)
+
+
 # --- public readers ---------------------------------------------------------------------------------
 
-def read_demonstrations(paths: str | Path | list) -> tuple[list[Demonstration], ReadStats]:
-    """Read every demonstration in `paths` (files, folders); errors stop the read, skips are counted."""
-    return _read(paths, _demonstration)
+def read_demonstrations(paths: str | Path | list, format: str = "auto",
+                        fields: dict | None = None) -> tuple[list[Demonstration], ReadStats]:
+    """Read every demonstration in `paths` (files, folders) in the shapes `format` reads, renaming the files'
+    fields by `fields` ({shape field: file field}); errors stop the read, skips are counted."""
+    def parse(record: dict, source: str, shapes, stats: ReadStats) -> Demonstration:
+        messages = parse_record(record, source, shapes, DEMONSTRATION_SHAPES)
+        _check_texts(messages[:-1], [messages[-1]["content"]], minimum=1)
+        return Demonstration(messages, source)
+
+    return _read(paths, parse, DEMONSTRATION_SHAPES, format, fields or {})
 
 
-def read_comparisons(paths: str | Path | list) -> tuple[list[Comparison], ReadStats]:
-    """Read every comparison in `paths` (files, folders); errors stop the read, skips are counted."""
-    return _read(paths, _comparison)
+def read_comparisons(paths: str | Path | list, format: str = "auto",
+                     fields: dict | None = None) -> tuple[list[Comparison], ReadStats]:
+    """Read every comparison in `paths` (files, folders) in the shapes `format` reads, renaming the files'
+    fields by `fields` ({shape field: file field}); errors stop the read, skips are counted."""
+    def parse(record: dict, source: str, shapes, stats: ReadStats) -> Comparison:
+        labeler = record.get("labeler")
+        if labeler is not None and not isinstance(labeler, str):
+            raise field_error(source, "labeler", f"expected a string (the labeler's id), got {kind_of(labeler)}")
+        prompt, responses = parse_record(record, source, shapes, COMPARISON_SHAPES)
+        kept = _check_texts(prompt, responses, minimum=MIN_RESPONSES)
+        if len(kept) < len(responses):
+            stats.notes[RANKING_DROP] += len(responses) - len(kept)
+        return Comparison(prompt, kept, labeler, source)
+
+    return _read(paths, parse, COMPARISON_SHAPES, format, fields or {})
 
 
 def read_prompts(path: str | Path) -> list[tuple[str | list[dict], str]]:
@@ -154,15 +221,17 @@ def read_prompts(path: str | Path) -> list[tuple[str | list[dict], str]]:
     for number, record in _jsonl_rows(path):
         source = f"{path}:{number}"
         if not isinstance(record, dict) or "prompt" not in record:
-            raise _error(source, "prompt", 'expected {"prompt": "text"} or {"prompt": [messages]}')
-        prompts.append((record["prompt"] if isinstance(record["prompt"], str) else _prompt(record, source), source))
+            raise field_error(source, "prompt", 'expected {"prompt": "text"} or {"prompt": [messages]}')
+        prompt = record["prompt"]
+        prompts.append((prompt if isinstance(prompt, str) else prompt_messages(record, source), source))
     if not prompts:
         raise ChatforgeError(f"{path}: no prompts in the file")
     return prompts
 
 
 def data_files(paths: str | Path | list) -> list[Path]:
-    """Expand files and folders into .jsonl/.parquet files and `datasets` folders, failing clearly when there are none."""
+    """Expand files and folders into .jsonl/.parquet/.csv files and `datasets` folders, failing clearly when
+    there are none."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
@@ -174,12 +243,12 @@ def data_files(paths: str | Path | list) -> list[Path]:
                 continue
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
             if not found:
-                raise ChatforgeError(f"{path}: folder holds no .jsonl or .parquet files and is not a "
+                raise ChatforgeError(f"{path}: folder holds no .jsonl, .parquet or .csv files and is not a "
                                      f"datasets folder (no {' or '.join(DATASETS_MARKERS)})")
             files.extend(found)
         elif path.is_file():
             if path.suffix not in SUFFIXES:
-                raise ChatforgeError(f"{path}: unsupported file type; use .jsonl, .parquet or a folder "
+                raise ChatforgeError(f"{path}: unsupported file type; use .jsonl, .parquet, .csv or a folder "
                                      "written by datasets' save_to_disk")
             files.append(path)
         else:
@@ -220,29 +289,45 @@ def fit_to_context(prompt_len: int, response_lens: int | Sequence[int], max_len:
 
 # --- reading rows -----------------------------------------------------------------------------------
 
-class _Skip(Exception):
-    """A record to leave out and count under `reason`."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _read(paths, parse: Callable[[dict, str], object]) -> tuple[list, ReadStats]:
+def _read(paths, parse: Callable, every: tuple[Shape, ...], format: str, fields: dict) -> tuple[list, ReadStats]:
+    """parse(record, source, the shapes `format` reads, stats) each record of `paths`, its fields renamed."""
+    shapes = shapes_of(format, every, "comparison" if every is COMPARISON_SHAPES else "demonstration")
+    check_fields(fields, every, "reading data")
     stats, records = ReadStats(), []
     for path in data_files(paths):
         for number, record in _rows(path):
             stats.read += 1
             source = f"{path}:{number}"
             if not isinstance(record, dict):
-                raise ChatforgeError(f"{source}: expected a JSON object, got {_kind(record)}")
+                raise ChatforgeError(f"{source}: expected a JSON object, got {kind_of(record)}")
             try:
-                records.append(parse(record, source))
-            except _Skip as skip:
+                records.append(parse(_rename(record, fields), source, shapes, stats))
+            except Skip as skip:
                 stats.skip(skip.reason)
+            except ChatforgeError as error:
+                raise _in_file_names(error, fields) from None
     if stats.read == 0:
         raise ChatforgeError(f"{paths}: no records found")
     return records, stats
+
+
+def _rename(record: dict, fields: dict) -> dict:
+    """The record with its fields renamed by the mapping {shape field: file field}; a shape field whose
+    name a mapping gives to another column is ignored, like any field no shape reads."""
+    if not fields:
+        return record
+    shape_name = {column: name for name, column in fields.items()}
+    return {shape_name.get(key, key): value for key, value in record.items()
+            if key in shape_name or key not in fields}
+
+
+def _in_file_names(error: ChatforgeError, fields: dict) -> ChatforgeError:
+    """The error with the mapped fields called by the names the file gives them."""
+    renamed = {name: column for name, column in fields.items() if name != column}
+    if not renamed:
+        return error
+    pattern = re.compile(r"'(" + "|".join(map(re.escape, renamed)) + r")(?=['\[.])")
+    return ChatforgeError(pattern.sub(lambda match: f"'{renamed[match.group(1)]}", str(error)))
 
 
 def _rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -250,6 +335,8 @@ def _rows(path: Path) -> Iterator[tuple[int, object]]:
         return _datasets_rows(path)
     if path.suffix == ".parquet":
         return _parquet_rows(path)
+    if path.suffix == ".csv":
+        return _csv_rows(path)
     return _jsonl_rows(path)
 
 
@@ -267,6 +354,36 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
                 yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ChatforgeError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Rows as {column: cell}, numbered by the line each starts on (a quoted cell may span lines)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ChatforgeError(f"{path}:{line}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 0
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        for index, name in enumerate(header):
+            if not name or header.index(name) < index:
+                problem = "empty" if not name else f"{name!r} again"
+                raise ChatforgeError(f"{path}:1: column {index + 1} of the header is {problem}; name each column once")
+        line = reader.line_num
+        for cells in reader:
+            start, line = line + 1, reader.line_num
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(header):
+                raise ChatforgeError(f"{path}:{start}: expected {len(header)} cells, one per header column "
+                                     f"({', '.join(header)}), got {len(cells)}")
+            yield start, dict(zip(header, cells))
+    except csv.Error as exc:
+        raise ChatforgeError(f"{path}:{line + 1}: invalid CSV ({exc}); quote a cell holding commas, quotes "
+                             "or line breaks, doubling its quotes") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -295,158 +412,17 @@ def _datasets_rows(path: Path) -> Iterator[tuple[int, dict]]:
     for number, row in enumerate(dataset, start=1):
         yield number, {key: value for key, value in row.items() if value is not None}
 
+# --- the rules every shape shares -------------------------------------------------------------------
 
-# --- validating records -----------------------------------------------------------------------------
-
-def _demonstration(record: dict, source: str) -> Demonstration:
-    if "messages" in record:
-        if "prompt" in record or "response" in record:
-            raise _error(source, "messages", "give either 'messages' or 'prompt' and 'response', not both")
-        messages = _messages(record["messages"], source, "messages")
-        if not messages:
-            raise _error(source, "messages", "expected a list of messages ending with the assistant's reply, got []")
-        last = len(messages) - 1
-        if messages[last]["role"] != "assistant":
-            raise _error(source, f"messages[{last}].role", "the last message must be the assistant's reply "
-                         f"(the text SFT learns), got '{messages[last]['role']}'")
-        if last > 0 and messages[last - 1]["role"] == "assistant":
-            raise _error(source, f"messages[{last - 1}].role", "the message before the last reply must not "
-                         "be the assistant's; join the two assistant messages")
-    elif "prompt" in record or "response" in record:
-        messages = _prompt(record, source) + [{"role": "assistant", "content": _string(record, "response", source)}]
-    else:
-        raise _missing(record, source, "messages", DEMONSTRATION_SHAPES)
-    _check_texts(messages[:-1], [messages[-1]["content"]])
-    return Demonstration(messages, source)
-
-
-def _comparison(record: dict, source: str) -> Comparison:
-    labeler = record.get("labeler")
-    if labeler is not None and not isinstance(labeler, str):
-        raise _error(source, "labeler", f"expected a string (the labeler's id), got {_kind(labeler)}")
-    pair = "chosen" in record or "rejected" in record
-    if "responses" in record:
-        if pair:
-            raise _error(source, "responses", "give either 'responses' (a ranking) or 'chosen' and 'rejected', not both")
-        prompt, responses = _prompt(record, source), _ranking(record["responses"], source)
-    elif pair:
-        chosen, rejected = _string(record, "chosen", source), _string(record, "rejected", source)
-        if "prompt" in record:
-            prompt, responses = _prompt(record, source), [chosen, rejected]
-        else:
-            prompt, responses = _hh_split(chosen, rejected, source)
-    else:
-        raise _missing(record, source, "responses", COMPARISON_SHAPES)
-    _check_texts(prompt, responses)
-    return Comparison(prompt, responses, labeler, source)
-
-
-def _check_texts(prompt: list[dict], responses: list[str]) -> None:
-    """The skips shared by every shape, in their documented order."""
+def _check_texts(prompt: list[dict], responses: list[str], minimum: int) -> list[str]:
+    """The skips shared by every shape, in their documented order; the non-empty responses, of which a
+    ranking needs `minimum` (an empty one leaves the ranking, the caller counts it)."""
     if not any(message["content"].strip() for message in prompt):
-        raise _Skip("empty prompt")
-    stripped = [response.strip() for response in responses]
-    if not all(stripped):
-        raise _Skip("empty response")
+        raise Skip("empty prompt")
+    kept = [response for response in responses if response.strip()]
+    if len(kept) < minimum:
+        raise Skip("empty response")
+    stripped = [response.strip() for response in kept]
     if len(set(stripped)) < len(stripped):
-        raise _Skip("duplicate responses")
-
-
-def _prompt(record: dict, source: str) -> list[dict]:
-    if "prompt" not in record:
-        raise _missing(record, source, "prompt", "a string or a list of messages")
-    prompt = record["prompt"]
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list):
-        raise _error(source, "prompt", f"expected a string or a list of messages, got {_kind(prompt)}")
-    messages = _messages(prompt, source, "prompt")
-    if messages and messages[-1]["role"] == "assistant":
-        raise _error(source, f"prompt[{len(messages) - 1}].role", "the last prompt message must not be the "
-                     "assistant's (the response follows it); move it into the response")
-    return messages
-
-
-def _messages(value, source: str, name: str) -> list[dict]:
-    if not isinstance(value, list):
-        raise _error(source, name, f"expected a list of messages {{\"role\", \"content\"}}, got {_kind(value)}")
-    messages = []
-    for index, message in enumerate(value):
-        where = f"{name}[{index}]"
-        if not isinstance(message, dict):
-            raise _error(source, where, f"expected a message {{\"role\", \"content\"}}, got {_kind(message)}")
-        role, content = _string(message, "role", source, where), _string(message, "content", source, where)
-        if role not in ROLES:
-            raise _error(source, f"{where}.role", f"unknown role '{role}' in message {index}; "
-                         f"expected one of {', '.join(ROLES)}")
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-def _ranking(value, source: str) -> list[str]:
-    expected = f"expected a list of {MIN_RESPONSES} to {MAX_RESPONSES} strings, best first"
-    if not isinstance(value, list):
-        raise _error(source, "responses", f"{expected}, got {_kind(value)}")
-    if len(value) < MIN_RESPONSES:
-        raise _error(source, "responses", f"{expected}, got {len(value)} (a ranking needs at least 2 responses)")
-    if len(value) > MAX_RESPONSES:
-        raise _error(source, "responses", f"{expected}, got {len(value)}; rank at most {MAX_RESPONSES} "
-                     "responses per prompt")
-    for index, response in enumerate(value):
-        if not isinstance(response, str):
-            raise _error(source, f"responses[{index}]", f"expected a string, got {_kind(response)}")
-    return list(value)
-
-
-_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-def _hh_split(chosen: str, rejected: str, source: str) -> tuple[list[dict], list[str]]:
-    """Two HH transcripts -> (the shared turns as the prompt, [final chosen reply, final rejected reply])."""
-    chosen_turns, rejected_turns = _hh_turns(chosen, source, "chosen"), _hh_turns(rejected, source, "rejected")
-    if chosen_turns[-1][0] != "assistant" or rejected_turns[-1][0] != "assistant":
-        raise _Skip("HH transcript does not end with an assistant turn")
-    if chosen_turns[:-1] != rejected_turns[:-1]:
-        raise _Skip("HH transcripts differ before the last assistant turn")
-    prompt = [{"role": role, "content": content} for role, content in chosen_turns[:-1]]
-    return prompt, [chosen_turns[-1][1], rejected_turns[-1][1]]
-
-
-def _hh_turns(transcript: str, source: str, name: str) -> list[tuple[str, str]]:
-    parts = _HH_TURN.split(transcript.lstrip("\n"))  # [text before the first turn, role, text, role, text, ...]
-    if len(parts) < 3 or parts[0].strip():
-        raise _error(source, name, "expected an Anthropic HH transcript '\\n\\nHuman: ...\\n\\nAssistant: ...' "
-                     "(or add a 'prompt' field to give the prompt separately)")
-    return [(_HH_ROLES[role], text.strip()) for role, text in zip(parts[1::2], parts[2::2])]
-
-
-# --- error messages ---------------------------------------------------------------------------------
-
-def _string(record: dict, name: str, source: str, parent: str | None = None) -> str:
-    where = f"{parent}.{name}" if parent else name
-    if name not in record:
-        raise _missing(record, source, where, "a string")
-    value = record[name]
-    if not isinstance(value, str):
-        raise _error(source, where, f"expected a string, got {_kind(value)}")
-    return value
-
-
-def _error(source: str, name: str, message: str) -> ChatforgeError:
-    return ChatforgeError(f"{source}: field '{name}': {message}")
-
-
-def _missing(record: dict, source: str, name: str, expected: str) -> ChatforgeError:
-    return ChatforgeError(f"{source}: field '{name}' is missing (found {sorted(record)}); expected {expected}")
-
-
-def _kind(value) -> str:
-    """The JSON name of a value's type, as users see it in their files."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+        raise Skip("duplicate responses")
+    return kept

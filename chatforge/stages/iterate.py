@@ -286,6 +286,10 @@ def run(cfg: Config) -> Path:
     for stage_cls, path, overrides in ((rm.Config, cfg.rm_config, cfg.rm), (ppo.Config, cfg.ppo_config, cfg.ppo),
                                        (evaluate.Config, cfg.eval_config, cfg.eval)):
         load_config(stage_cls, path, overrides, validate=False)
+    rm_format = load_config(rm.Config, cfg.rm_config, cfg.rm, validate=False).format
+    if rm_format not in ("auto", "chatforge"):  # the rounds write K-wise rankings, a chatforge shape
+        raise ChatforgeError(f"iterate: field 'rm.format': the rounds' comparisons are chatforge rankings, which "
+                             f"format={rm_format} does not read; use auto (it reads earlier comparisons of any shape)")
     max_new_tokens = load_config(ppo.Config, cfg.ppo_config, cfg.ppo, validate=False).max_new_tokens
     if cfg.num_threads:  # the stages set their own threads; they get iterate's unless told otherwise
         threads = {"num_threads": cfg.num_threads}

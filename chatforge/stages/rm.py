@@ -33,7 +33,8 @@ from chatforge import distributed as dist
 from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import chat_prompt_ids
-from chatforge.data.formats import Comparison, data_files, fit_to_context, read_comparisons
+from chatforge.data.formats import Comparison, data_files, fit_to_context, nothing_left, read_comparisons
+from chatforge.data.shapes import COMPARISON_SHAPES, check_fields
 from chatforge.errors import ChatforgeError
 from chatforge.generation import context_length
 from chatforge.guards import NonFiniteGuard
@@ -51,8 +52,14 @@ from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
 @dataclass
 class Config:
     model: str = opt("", "SFT model folder the reward model starts from")
-    train_data: list[str] = opt([], "comparison files/folders: K-wise rankings, chosen/rejected pairs or HH")
+    train_data: list[str] = opt([], "comparison files/folders (.jsonl, .parquet, .csv, datasets folder): K-wise "
+                                    "rankings, chosen/rejected pairs (TRL too) or HH")
     val_data: list[str] = opt([], "held-out comparisons for pairwise accuracy")
+    format: Literal["auto", "chatforge", "trl", "hh"] = opt(
+        "auto", "record shapes to read: auto (each record's shape found by its fields) or one format's shapes "
+                "(docs/data-formats.md)")
+    fields: dict = opt({}, "rename the data's fields: fields.chosen=better reads the field (or CSV column) "
+                           "'better' as 'chosen'")
     holdout_labelers: list[str] = opt([], "labelers whose comparisons never train; they are evaluated apart")
     out_dir: str = opt("runs/rm", "run folder")
     max_len: int = opt(0, "longest prompt + response in tokens (0 = the model's context)")
@@ -100,6 +107,7 @@ class Config:
         data_files(self.train_data)
         if self.val_data:
             data_files(self.val_data)
+        check_fields(self.fields, COMPARISON_SHAPES, "rm")
         require_positive(self, "rm", ("epochs", "batch_prompts", "log_every"))
         dist.check_divisible("rm", "batch_prompts", self.batch_prompts)
 
@@ -243,21 +251,22 @@ def run(cfg: Config) -> Path:
     if cfg.likelihood_reward:
         likelihood_weight = torch.tensor(lm_weight(model), device=device, requires_grad=True)
 
-    comparisons, stats = read_comparisons(cfg.train_data)
+    comparisons, stats = read_comparisons(cfg.train_data, cfg.format, cfg.fields)
     held_out = [c for c in comparisons if c.labeler in cfg.holdout_labelers]
     train_comparisons = [c for c in comparisons if c.labeler not in cfg.holdout_labelers]
     train = encode_comparisons(train_comparisons, tokenizer, max_len, cfg.too_long, stats)
-    print(f"rm: train: {stats.summary()}" + (f"; {len(held_out)} by held-out labelers kept out" if held_out else ""))
+    kept_out = f"; {len(held_out)} by held-out labelers kept out" if held_out else ""
+    print(f"rm: train: {stats.summary()}{kept_out}")
     val_comparisons = held_out
     if cfg.val_data:
-        extra, val_stats = read_comparisons(cfg.val_data)
+        extra, val_stats = read_comparisons(cfg.val_data, cfg.format, cfg.fields)
         val_comparisons = extra + held_out
         print(f"rm: val: {val_stats.summary()}")
     else:
         val_stats = stats
     val = encode_comparisons(val_comparisons, tokenizer, max_len, cfg.too_long, val_stats)
     if not train:
-        raise ChatforgeError(f"rm: no training comparison fits in {max_len} tokens ({cfg.train_data})")
+        raise nothing_left("rm", "training comparison", cfg.train_data, stats, max_len, kept_out)
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_prompts)
     total_steps = steps_per_epoch * cfg.epochs

@@ -34,7 +34,8 @@ from chatforge import distributed as dist
 from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
 from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.data.chat import TokenizedChat, collate, fit_chat, pack, tokenize_chat
-from chatforge.data.formats import data_files, read_demonstrations, read_prompts
+from chatforge.data.formats import data_files, nothing_left, read_demonstrations, read_prompts
+from chatforge.data.shapes import DEMONSTRATION_SHAPES, check_fields
 from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import chat_answers
 from chatforge.eval.judges import load_judge
@@ -52,8 +53,13 @@ from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
 @dataclass
 class Config:
     model: str = opt("", "pretrained model folder to start from (any HF causal LM)")
-    train_data: list[str] = opt([], "demonstration files/folders (.jsonl, .parquet, datasets folder)")
+    train_data: list[str] = opt([], "demonstration files/folders (.jsonl, .parquet, .csv, datasets folder)")
     val_data: list[str] = opt([], "held-out demonstrations for the validation loss")
+    format: Literal["auto", "chatforge", "trl", "alpaca", "sharegpt", "openai"] = opt(
+        "auto", "record shapes to read: auto (each record's shape found by its fields) or one format's shapes "
+                "(docs/data-formats.md)")
+    fields: dict = opt({}, "rename the data's fields: fields.prompt=question reads the field (or CSV column) "
+                           "'question' as 'prompt'")
     out_dir: str = opt("runs/sft", "run folder")
     max_len: int = opt(0, "longest training sequence in tokens (0 = the model's context)")
     too_long: Literal["truncate_prompt", "drop"] = opt(
@@ -107,6 +113,7 @@ class Config:
         data_files(self.train_data)
         if self.val_data:
             data_files(self.val_data)
+        check_fields(self.fields, DEMONSTRATION_SHAPES, "sft")
         if self.eval_prompts and not Path(self.eval_prompts).is_file():
             raise ChatforgeError(f"{self.eval_prompts}: field 'eval_prompts': file does not exist")
         if self.select_by == "score" and not (self.eval_prompts and (self.gold_world or self.reward_model)):
@@ -123,9 +130,10 @@ class Config:
                                  "trained weights fit every rank: use distributed_strategy=ddp")
 
 
-def load_chats(paths, tokenizer, max_len: int, too_long: str, what: str) -> list[TokenizedChat]:
+def load_chats(paths, tokenizer, max_len: int, too_long: str, what: str, format: str = "auto",
+               fields: dict | None = None) -> list[TokenizedChat]:
     """Read, tokenize and length-check demonstrations; print what was kept and skipped."""
-    demos, stats = read_demonstrations(paths)
+    demos, stats = read_demonstrations(paths, format, fields)
     chats = []
     for demo in demos:
         chat = fit_chat(tokenize_chat(tokenizer, demo.messages, demo.source), max_len, too_long, stats)
@@ -133,7 +141,7 @@ def load_chats(paths, tokenizer, max_len: int, too_long: str, what: str) -> list
             chats.append(chat)
     print(f"sft: {what}: {stats.summary()}")
     if not chats:
-        raise ChatforgeError(f"sft: no {what} demonstration fits in {max_len} tokens ({paths})")
+        raise nothing_left("sft", f"{what} demonstration", paths, stats, max_len)
     return chats
 
 
@@ -205,8 +213,10 @@ def run(cfg: Config) -> Path:
         enable_gradient_checkpointing(model)
     trained = dist.wrap(model, cfg.distributed_strategy)  # under torchrun DDP / FSDP2, else the model itself
 
-    train_rows = make_rows(load_chats(cfg.train_data, tokenizer, max_len, cfg.too_long, "train"), max_len, cfg.packing)
-    val_rows = (make_rows(load_chats(cfg.val_data, tokenizer, max_len, cfg.too_long, "val"), max_len, cfg.packing)
+    train_rows = make_rows(load_chats(cfg.train_data, tokenizer, max_len, cfg.too_long, "train", cfg.format,
+                                      cfg.fields), max_len, cfg.packing)
+    val_rows = (make_rows(load_chats(cfg.val_data, tokenizer, max_len, cfg.too_long, "val", cfg.format, cfg.fields),
+                          max_len, cfg.packing)
                 if cfg.val_data else [])
     judge = load_judge(cfg.gold_world, cfg.reward_model, device)
     eval_prompts = [p for p, _ in read_prompts(cfg.eval_prompts)] if cfg.eval_prompts and judge else []

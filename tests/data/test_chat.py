@@ -11,11 +11,8 @@ MULTI_TURN = [{"role": "system", "content": "Be brief."}, {"role": "user", "cont
               {"role": "assistant", "content": "ran to the house."}]
 
 
-def test_mask_covers_every_assistant_turn_and_its_end_token(toy_tokenizer_dir):
-    tokenizer = load_tokenizer(toy_tokenizer_dir)
-    chat = tokenize_chat(tokenizer, MULTI_TURN)
-    assert tokenizer.decode(chat.input_ids) == tokenizer.apply_chat_template(MULTI_TURN, tokenize=False)
-    # the masked tokens, turn by turn, are exactly the two replies with their <|end|>
+def masked_texts(tokenizer, chat):
+    """The texts of the chat's runs of masked (trained) tokens, in order."""
     runs, current = [], []
     for token, flag in zip(chat.input_ids, chat.loss_mask):
         if flag:
@@ -25,10 +22,27 @@ def test_mask_covers_every_assistant_turn_and_its_end_token(toy_tokenizer_dir):
             current = []
     if current:
         runs.append(current)
-    assert [tokenizer.decode(run) for run in runs] == ["sat.<|end|>", "ran to the house.<|end|>"]
+    return [tokenizer.decode(run) for run in runs]
+
+
+def test_mask_covers_every_assistant_turn_and_its_end_token(toy_tokenizer_dir):
+    tokenizer = load_tokenizer(toy_tokenizer_dir)
+    chat = tokenize_chat(tokenizer, MULTI_TURN)
+    assert tokenizer.decode(chat.input_ids) == tokenizer.apply_chat_template(MULTI_TURN, tokenize=False)
+    # the masked tokens, turn by turn, are exactly the two replies with their <|end|>
+    assert masked_texts(tokenizer, chat) == ["sat.<|end|>", "ran to the house.<|end|>"]
     # and nothing of the system / user turns or the assistant headers
     header = tokenizer.convert_tokens_to_ids("<|assistant|>")
     assert all(not flag for token, flag in zip(chat.input_ids, chat.loss_mask) if token == header)
+
+
+def test_an_assistant_turn_of_weight_0_is_context_only(toy_tokenizer_dir):
+    """OpenAI's fine-tuning "weight": 0 keeps a turn out of the loss, not out of the chat."""
+    tokenizer = load_tokenizer(toy_tokenizer_dir)
+    weighted = [*MULTI_TURN[:2], {**MULTI_TURN[2], "weight": 0}, *MULTI_TURN[3:]]
+    chat = tokenize_chat(tokenizer, weighted)
+    assert chat.input_ids == tokenize_chat(tokenizer, MULTI_TURN).input_ids
+    assert masked_texts(tokenizer, chat) == ["ran to the house.<|end|>"]
 
 
 def test_collate_labels_stay_inside_each_chat():

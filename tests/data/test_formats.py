@@ -1,9 +1,10 @@
 import json
 import sys
+from collections import Counter
 
 import pytest
 
-from chatforge.data.formats import (Fit, ReadStats, data_files, fit_to_context, read_comparisons,
+from chatforge.data.formats import (Fit, ReadStats, data_files, fit_to_context, nothing_left, read_comparisons,
                                     read_demonstrations)
 from chatforge.errors import ChatforgeError
 
@@ -163,7 +164,7 @@ def test_comparison_skips_are_counted(tmp_path):
         {"prompt": "q", "responses": ["a", "b", "a"]},
         {"prompt": "q", "responses": ["a", " a\n"]},
         {"prompt": "q", "chosen": "same", "rejected": "same"},
-        {"prompt": "q", "responses": ["a", "", "c"]},
+        {"prompt": "q", "responses": ["a", "", "  "]},  # one response left: too few to rank
         {"prompt": "q", "chosen": "a", "rejected": "   "},
         {"prompt": [], "chosen": "a", "rejected": "b"},
         {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: other q\n\nAssistant: b"},
@@ -199,11 +200,11 @@ def test_folders_and_lists_read_files_in_sorted_order(tmp_path):
 def test_path_errors(tmp_path):
     with pytest.raises(ChatforgeError, match="nope.jsonl: file or folder does not exist"):
         data_files(tmp_path / "nope.jsonl")
-    with pytest.raises(ChatforgeError, match="folder holds no .jsonl or .parquet files"):
+    with pytest.raises(ChatforgeError, match="folder holds no .jsonl, .parquet or .csv files"):
         data_files(tmp_path)
-    (tmp_path / "d.csv").write_text("prompt,response\n")
-    with pytest.raises(ChatforgeError, match="d.csv: unsupported file type"):
-        data_files(tmp_path / "d.csv")
+    (tmp_path / "d.tsv").write_text("prompt\tresponse\n")
+    with pytest.raises(ChatforgeError, match="d.tsv: unsupported file type"):
+        data_files(tmp_path / "d.tsv")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ChatforgeError, match="no records found"):
         read_comparisons(tmp_path / "empty.jsonl")
@@ -286,3 +287,14 @@ def test_fit_cuts_the_prompt_from_the_left_and_is_counted():
     assert stats.summary() == "read 4, kept 3 (prompt truncated: 2), skipped 1 (response too long: 1)"
     with pytest.raises(ChatforgeError, match="field 'too_long': expected one of truncate_prompt, drop"):
         fit_to_context(1, 1, 10, "truncate")
+
+
+def test_nothing_left_says_why_by_reason():
+    skips = ReadStats(read=3, skipped=Counter({"empty response": 2, "duplicate responses": 1}))
+    assert str(nothing_left("rm", "training comparison", ["c.jsonl"], skips, 256)) == (
+        "rm: no training comparison left (['c.jsonl']): read 3, kept 0, skipped 3 (empty response: 2, "
+        "duplicate responses: 1)")
+    too_long = ReadStats(read=2, skipped=Counter({"too long": 1, "response too long": 1}))
+    assert str(nothing_left("sft", "val demonstration", "d.jsonl", too_long, 64)).endswith(
+        "'too long' and 'response too long' means longer than max_len=64 tokens: raise max_len, "
+        "or use too_long=truncate_prompt")

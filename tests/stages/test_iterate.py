@@ -146,3 +146,11 @@ def test_bad_fields_fail_before_anything_loads(tiny_world_base, tmp_path):
         iterate_config(world_dir, base, tmp_path / "it", rankings_from="labels.csv")
     with pytest.raises(ChatforgeError, match="reward_model"):
         iterate_config(world_dir, base, tmp_path / "it", reward_model=str(base))  # a causal LM, not an RM
+
+
+def test_rm_format_must_read_the_rounds_rankings(tiny_world_base, tmp_path):
+    world_dir, base = tiny_world_base
+    cfg = iterate_config(world_dir, base, tmp_path / "it", rm={**RM, "format": "trl"})
+    with pytest.raises(ChatforgeError, match=r"field 'rm.format': .*format=trl does not read"):
+        iterate.run(cfg)
+    assert not (tmp_path / "it" / "start").exists()  # nothing sampled or evaluated

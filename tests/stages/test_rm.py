@@ -80,6 +80,31 @@ def test_not_a_reward_model_is_refused(tiny_world_base, tmp_path, capsys):
     assert "k1.jsonl:1" in capsys.readouterr().err
 
 
+def test_all_comparisons_skipped_names_the_skips_not_the_context(tiny_world_base, tmp_path, capsys):
+    _, base = tiny_world_base
+    skipped = tmp_path / "skipped.jsonl"
+    write_jsonl(skipped, [{"prompt": "hi", "responses": ["a", " "]}, {"prompt": "hi", "chosen": "b", "rejected": ""},
+                          {"prompt": "hi", "responses": ["a", "a "]}])
+    assert main(["rm", f"model={base}", f"train_data=[{skipped}]", f"out_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert "rm: no training comparison left" in err and "skipped 3 (empty response: 2, duplicate responses: 1)" in err
+    assert "max_len" not in err and "fits in" not in err
+
+
+def test_rm_data_format_and_field_mapping_are_checked(tiny_world_base, tmp_path, capsys):
+    _, base = tiny_world_base
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("question,better,worse\nhi,a,b\nwho?,me,you\n")
+    common = ["rm", f"model={base}", f"train_data=[{pairs}]", f"out_dir={tmp_path / 'o'}"]
+    assert main([*common, "format=alpaca"]) == 2
+    assert "field 'format': expected one of" in capsys.readouterr().err
+    assert main([*common, "fields.promt=question"]) == 2
+    assert "rm: field 'fields.promt': unknown field name" in capsys.readouterr().err
+    assert main([*common, "format=trl", "fields.prompt=question", "fields.chosen=better", "fields.rejected=worse",
+                 "epochs=1", "batch_prompts=2", "tensorboard=false"]) == 0
+    assert "rm: train: read 2, kept 2" in capsys.readouterr().out
+
+
 def test_likelihood_reward_adds_the_weighted_mean_logprob_of_the_response(tiny_world_base):
     """reward = head at the last token + w * mean log p(response token) under the tied LM head + bias,
     checked against the causal LM the reward model was built from; padding changes nothing."""

@@ -48,6 +48,19 @@ def test_sft_bad_inputs_are_clean_errors(tiny_world_base, tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
+def test_sft_reads_alpaca_and_says_why_nothing_is_left(tiny_world_base, tmp_path, capsys):
+    _, base = tiny_world_base
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text('{"instruction": "Where does Borin live?", "input": "", "output": "In Trask."}\n')
+    common = ["sft", f"model={base}", f"train_data=[{alpaca}]", "epochs=1", "tensorboard=false"]
+    assert main([*common, f"out_dir={tmp_path / 'o'}", "format=alpaca"]) == 0
+    assert "sft: train: read 1, kept 1" in capsys.readouterr().out
+    # too long for max_len=4 and dropped: the error says so, by reason
+    assert main([*common, f"out_dir={tmp_path / 'p'}", "max_len=4", "too_long=drop"]) == 2
+    err = capsys.readouterr().err
+    assert "sft: no train demonstration left" in err and "skipped 1 (too long: 1)" in err and "max_len=4" in err
+
+
 def test_sft_select_by_val_loss_or_last_still_scores_each_epoch(tiny_world_base, tmp_path):
     world_dir, base = tiny_world_base
     for select_by in ("val_loss", "last"):
