@@ -33,7 +33,7 @@ from pathlib import Path
 
 from chatforge.config import load_config, opt
 from chatforge.data.jsonl import read_jsonl
-from chatforge.environment import machine, versions
+from chatforge.environment import machine, peak_rss_mb, versions
 from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import chat_answers, fewshot_answers
 from chatforge.eval.baselines import unigram_loss
@@ -404,8 +404,12 @@ def report_card(cfg: Config, chain: Chain, phases: Phases, start: float) -> Path
     write_dimensions_section(report, judged, sampled,
                              greedy_intervals(greedy_scores, eval_cfg.ci_resamples, eval_cfg.seed))
     write_answers_section(report, eval_prompts, base_answers, base_scores, sft_answers, sft_scores)
+    stage_seconds = phases.seconds()
+    report.add("stage_seconds", {name: round(seconds, 1) for name, seconds in stage_seconds.items()},
+               "seconds per phase of the demo (the table below)")
+    report.add("peak_rss_mb", peak_rss_mb(), "the demo process's peak resident memory, MiB (every stage runs in it)")
     report.section("Time per stage", "| stage | seconds |\n|---|---|\n" + "\n".join(
-        f"| {name} | {seconds:.0f} |" for name, seconds in phases.seconds().items()))
+        f"| {name} | {seconds:.0f} |" for name, seconds in stage_seconds.items()))
     json_path, md_path = report.save()
 
     print(f"\nunigram loss {unigram:.3f} | base val loss {base_summary['val_loss']:.3f} | base fact accuracy "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib import metadata
 
 import chatforge
@@ -41,6 +42,16 @@ def machine() -> dict[str, str]:
             "cpu_family": cpu.get("cpu family", "unknown"), "cpu_model": cpu.get("model", "unknown"),
             "cores": str(os.cpu_count() or "unknown"), "torch_threads": str(torch.get_num_threads()),
             "platform": platform.platform(), "gpu": gpu}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, MiB (None where the OS does not say, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:

@@ -81,13 +81,15 @@ def test_demo_end_to_end(small_demo):
     assert "report card:" in out
     assert report["versions"] == environment.versions() and report["machine"]["torch_threads"] == str(THREADS)
     assert report["machine"]["cpu"] and "| `versions` | python " in (run_dir / "report.md").read_text()
+    assert report["peak_rss_mb"] > 50 and set(report["stage_seconds"]) >= {"world", "tokenizer", "pretrain", "sft", "rm"}
+    assert abs(sum(report["stage_seconds"].values()) - report["wall_seconds"]) < 0.05 * report["wall_seconds"] + 5
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_the_pipeline_commands_give_the_demos_numbers(small_demo, tmp_path):
     """examples/pipeline.sh (each stage a `chatforge` process, then `demo report_only=true`) on the same shrunken
-    world writes the report card the demo wrote in one process: every number equal, wall time aside."""
+    world writes the report card the demo wrote in one process: every number equal, times and memory aside."""
     demo_dir, code, out = small_demo
     assert code == 0, out[-3000:]
     run_dir = tmp_path / "pipeline"
@@ -103,7 +105,7 @@ def test_the_pipeline_commands_give_the_demos_numbers(small_demo, tmp_path):
     pipeline_report = json.loads((run_dir / "report.json").read_text())
     assert "ppo_ptx_winrate_vs_sft" in pipeline_report and "bon_gold_score" in pipeline_report
     differ = {key: (demo_report.get(key), value) for key, value in pipeline_report.items()
-              if key != "wall_seconds" and demo_report.get(key) != value}
+              if key not in ("wall_seconds", "stage_seconds", "peak_rss_mb") and demo_report.get(key) != value}
     assert not differ, differ  # (demo, pipeline) of each key that differs
 
 
