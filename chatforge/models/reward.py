@@ -18,7 +18,8 @@ import torch
 
 from chatforge.data.chat import chat_prompt_ids, tokenize_chat
 from chatforge.errors import ChatforgeError
-from chatforge.models.io import check_model_dir, load_tokenizer, quiet_transformers
+from chatforge.models.io import check_model_dir, quiet_transformers
+from chatforge.models.templates import load_chat_tokenizer
 
 
 def build_reward_model(sft_dir, pad_token_id: int | None):
@@ -181,7 +182,7 @@ class RewardJudge:
 
     def __init__(self, path: str | Path, device=None, batch_size: int = 32):
         self.model = load_reward_model(path, device).eval()
-        self.tokenizer = load_tokenizer(path)
+        self.tokenizer = load_chat_tokenizer(path)
         self.batch_size = batch_size
 
     @torch.no_grad()
