@@ -15,11 +15,11 @@ import torch
 from families import ANSWER, CHAT, FAMILIES, QUESTION, THINK, build_tokenizer, chat_of, taught_response
 from starlette.testclient import TestClient
 
-from chatforge.data.chat import tokenize_chat
+from chatforge.data.chat import chat_prompt_ids, tokenize_chat
 from chatforge.data.jsonl import write_jsonl
 from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm, load_tokenizer
-from chatforge.models.reward import RewardJudge
+from chatforge.models.reward import RewardJudge, chat_ids
 from chatforge.models.templates import ensure_chat_template, load_chat_tokenizer
 from chatforge.models.trainable import apply_lora
 from chatforge.stages import chat, generate, ppo, serve, sft
@@ -112,6 +112,13 @@ def test_sft_stage_with_lora(name, folders, tmp_path):
     tokenizer = load_tokenizer(final)  # the template is saved with the model, GPT-2's included
     assert tokenizer.apply_chat_template(CHAT[1:2], tokenize=False, add_generation_prompt=True)
     load_causal_lm(final)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reward_model_reads_sequences_that_end_where_rollouts_end(name):
+    tokenizer = family_tokenizer(name)
+    rollout = chat_prompt_ids(tokenizer, QUESTION) + taught_response(tokenizer)  # prompt, reply, end of turn
+    assert chat_ids(tokenizer, QUESTION, ANSWER) == rollout
 
 
 @pytest.mark.parametrize("name", NAMES)
