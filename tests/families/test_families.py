@@ -21,7 +21,7 @@ from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm, load_tokenizer
 from chatforge.models.reward import RewardJudge, chat_ids
 from chatforge.models.templates import ensure_chat_template, load_chat_tokenizer
-from chatforge.models.trainable import apply_lora
+from chatforge.models.trainable import apply_lora, plain_model
 from chatforge.stages import chat, generate, ppo, serve, sft
 
 NAMES = list(FAMILIES)
@@ -98,6 +98,14 @@ def test_lora_all_linear_wraps_every_projection(name, folders):
     assert wrapped == projections and projections
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    # merged adapters (what the stages save) give the adapted model's logits; GPT-2's Conv1D stores W transposed
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain_model(model)(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", NAMES)
