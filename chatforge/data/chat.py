@@ -3,7 +3,10 @@
 The mask is found by rendering growing prefixes of the chat with the tokenizer's own chat template,
 so it works for any template (no `{% generation %}` markers needed): the tokens between "everything
 before assistant turn i, plus the assistant header" and "everything up to the end of turn i" are
-turn i's, its end-of-turn token included (the model must learn to stop).
+turn i's, its end-of-turn token included (the model must learn to stop) and a newline after it not.
+A template that rewrites earlier turns (Qwen3 drops their reasoning) has each turn learned as the
+whole chat renders it. tests/families/ checks the mask on Llama 3, Qwen2/Qwen3, Mistral, Gemma and
+GPT-2 style templates.
 
 Packed rows restart position ids at every example and carry no attention mask; transformers then
 builds a block-diagonal causal mask from the position ids, so no attention (and, since the last token
@@ -46,20 +49,43 @@ def tokenize_chat(tokenizer, messages: list[dict], source: str = "") -> Tokenize
     turns with "weight": 0, kept as context only)."""
     input_ids = _render(tokenizer, messages)
     loss_mask = [0] * len(input_ids)
+    added_ids = set(tokenizer.added_tokens_decoder)
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else \
-            _render(tokenizer, [], add_generation_prompt=True)
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True)
         through = _render(tokenizer, messages[: i + 1])
-        if input_ids[: len(through)] != through or through[: len(before)] != before:
+        end = _turn_end(tokenizer, through, len(before), added_ids)
+        if input_ids[: len(before)] != before or through[: len(before)] != before:
             raise ChatforgeError(
                 f"{source}: the tokenizer's chat template renders a chat's prefix differently from the "
                 "chat itself, so assistant tokens cannot be located; use a template whose output for "
                 "messages[:i] is a prefix of its output for messages")
-        for position in range(len(before), len(through)):
+        if input_ids[: len(through)] != through:
+            # the template rewrites a turn once later turns follow (Qwen3 drops an earlier reply's
+            # <think> reasoning): the turn is learned as the whole chat shows it, up to its end-of-turn token
+            end_token = through[end - 1]
+            end = next((p + 1 for p in range(len(before), len(input_ids)) if input_ids[p] == end_token), None)
+            if end_token not in added_ids or end is None:
+                raise ChatforgeError(
+                    f"{source}: the tokenizer's chat template renders assistant turn {i} differently once later "
+                    "turns follow, and the turn has no end-of-turn token to find it by in the whole chat")
+        for position in range(len(before), end):
             loss_mask[position] = 1
     return TokenizedChat(input_ids, loss_mask, source)
+
+
+def _turn_end(tokenizer, through: list[int], start: int, added_ids: set[int]) -> int:
+    """Where an assistant turn rendered last (`through`, its tokens from `start`) ends: after its end-of-turn token.
+
+    ChatML and Gemma put a newline after the end-of-turn token; the model never generates it (decoding
+    stops at the end of turn), so it is not learned. Without an added token before the trailing
+    whitespace (a template ending turns with text), the whole rendered turn is learned.
+    """
+    end = len(through)
+    while end > start and through[end - 1] not in added_ids and not tokenizer.decode(through[end - 1:end]).strip():
+        end -= 1
+    return end if end > start and through[end - 1] in added_ids else len(through)
 
 
 def fit_chat(chat: TokenizedChat, max_len: int, too_long: str, stats: ReadStats) -> TokenizedChat | None:

@@ -18,7 +18,8 @@ import torch
 
 from chatforge.data.chat import chat_prompt_ids, tokenize_chat
 from chatforge.errors import ChatforgeError
-from chatforge.models.io import check_model_dir, load_tokenizer, quiet_transformers
+from chatforge.models.io import check_model_dir, quiet_transformers
+from chatforge.models.templates import load_chat_tokenizer
 
 
 def build_reward_model(sft_dir, pad_token_id: int | None):
@@ -169,9 +170,13 @@ def pad_right(sequences: list[list[int]], pad_token_id: int, device=None) -> tup
 
 
 def chat_ids(tokenizer, prompt, response: str) -> list[int]:
-    """Token ids of prompt + assistant response, rendered by the chat template (end-of-turn included)."""
+    """Token ids of prompt + assistant response, rendered by the chat template, through its end-of-turn token."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return tokenize_chat(tokenizer, messages + [{"role": "assistant", "content": response}]).input_ids
+    chat = tokenize_chat(tokenizer, messages + [{"role": "assistant", "content": response}])
+    # end where a PPO rollout ends, so the head is read at the same token: ChatML and Gemma put a newline
+    # after the end-of-turn token, which the policy never generates
+    end = max((i + 1 for i, flag in enumerate(chat.loss_mask) if flag), default=len(chat.input_ids))
+    return chat.input_ids[:end]
 
 
 class RewardJudge:
@@ -181,7 +186,7 @@ class RewardJudge:
 
     def __init__(self, path: str | Path, device=None, batch_size: int = 32):
         self.model = load_reward_model(path, device).eval()
-        self.tokenizer = load_tokenizer(path)
+        self.tokenizer = load_chat_tokenizer(path)
         self.batch_size = batch_size
 
     @torch.no_grad()

@@ -21,7 +21,8 @@ from chatforge.config import opt
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.errors import ChatforgeError
 from chatforge.generation import IncrementalDecoder, SamplingParams, TokenStream, context_length
-from chatforge.models.io import load_causal_lm, load_tokenizer
+from chatforge.models.io import load_causal_lm
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.runtime import resolve_device, set_threads
 from chatforge.stages.generate import DTYPES
 
@@ -65,17 +66,13 @@ def sampling_params(temperature: float, top_p: float, top_k: int, max_new_tokens
 
 
 def load_chat_model(cfg):
-    """The model (on cfg.device, in cfg.dtype) and tokenizer of cfg.model; a tokenizer without a chat
-    template is an error. cfg: any config with model, device, dtype and num_threads (chat, serve)."""
+    """The model (on cfg.device, in cfg.dtype) and tokenizer of cfg.model, given chatforge's chat template if it
+    has none. cfg: any config with model, device, dtype and num_threads (chat, serve)."""
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     dtype = DTYPES.get(cfg.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = load_causal_lm(cfg.model, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(cfg.model)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template, so this is not a chat model; "
-                             "use an SFT / RLHF model folder (`chatforge generate` continues raw text with a base model)")
-    return model, tokenizer
+    return model, load_chat_tokenizer(cfg.model)
 
 
 def fit_history(tokenizer, messages: list[dict], context: int | None, room: int) -> tuple[list[int], int]:

@@ -37,6 +37,7 @@ from chatforge.eval.judges import GoldJudge
 from chatforge.generation import SamplingParams
 from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer
 from chatforge.models.reward import RewardJudge, check_reward_model_dir
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.runtime import start_run
 
 METRICS = ("gold_score", "reward_mean", "kl_to_reference", "ppl", "response_length", "eos_rate")
@@ -199,8 +200,8 @@ def run(cfg: Config) -> Path:
     if cfg.reward_model:
         judges["reward"] = RewardJudge(cfg.reward_model, device=device)
 
-    tokenizer = load_tokenizer(cfg.model)
-    baseline_tokenizer = load_tokenizer(cfg.baseline) if cfg.baseline else None
+    tokenizer = load_chat_tokenizer(cfg.model)
+    baseline_tokenizer = load_chat_tokenizer(cfg.baseline) if cfg.baseline else None
     reference_path = cfg.reference or cfg.baseline
     if reference_path:
         check_same_tokenizer(tokenizer, cfg.model, load_tokenizer(reference_path), reference_path, "reference")

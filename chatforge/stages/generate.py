@@ -24,6 +24,7 @@ from chatforge.data.formats import read_prompts
 from chatforge.errors import ChatforgeError
 from chatforge.generation import GenerationResult, SamplingParams, context_length, generate
 from chatforge.models.io import load_causal_lm, load_tokenizer
+from chatforge.models.templates import ensure_chat_template
 from chatforge.runtime import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,11 +76,7 @@ def encode(tokenizer, text: str, chat: bool, model_dir: str) -> list[int]:
     """Token ids of one prompt: raw text (the tokenizer's default special tokens) or one chat user turn."""
     if not chat:
         return tokenizer(text)["input_ids"]
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatforgeError(
-            f"{model_dir}: the tokenizer has no chat template; use chat=false for a base model "
-            "(raw text / few-shot prompts)"
-        )
+    ensure_chat_template(tokenizer, model_dir)
     return chat_prompt_ids(tokenizer, text)
 
 

@@ -49,8 +49,9 @@ from chatforge.eval.answers import sample_pools
 from chatforge.eval.compare import mean
 from chatforge.eval.report import Report
 from chatforge.generation import SamplingParams
-from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
+from chatforge.models.io import check_model_dir, load_causal_lm
 from chatforge.models.reward import check_reward_model_dir
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.runtime import set_threads
 from chatforge.stages import evaluate, ppo, rm
 from chatforge.world.gold import GoldScorer
@@ -150,7 +151,7 @@ def collect_comparisons(cfg: Config, policy_dir: str, round_dir: Path, round_no:
         prompts = [p for p, _ in read_prompts(cfg.prompts)]
         random.Random(seed).shuffle(prompts)
         prompts = prompts[:cfg.comparison_prompts]
-        policy, tokenizer = load_causal_lm(policy_dir), load_tokenizer(policy_dir)
+        policy, tokenizer = load_causal_lm(policy_dir), load_chat_tokenizer(policy_dir)
         sampling = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg.temperature,
                                   seed=seed)
         pools = sample_pools(policy, tokenizer, prompts, cfg.comparison_k, sampling)

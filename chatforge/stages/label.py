@@ -170,14 +170,15 @@ def _sample_items(cfg: CreateJobConfig, prompts: list) -> list[tuple]:
     import torch
 
     from chatforge.generation import SamplingParams
-    from chatforge.models.io import load_causal_lm, load_tokenizer
+    from chatforge.models.io import load_causal_lm
+    from chatforge.models.templates import load_chat_tokenizer
     from chatforge.runtime import resolve_device, set_threads
     from chatforge.eval.answers import sample_pools
 
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     model = load_causal_lm(cfg.model, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, device=device)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_chat_tokenizer(cfg.model)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                             top_p=cfg.top_p, seed=cfg.seed)
     print(f"label: sampling {cfg.k} responses for each of {len(prompts)} prompts from {cfg.model}", flush=True)

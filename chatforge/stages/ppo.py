@@ -56,6 +56,7 @@ from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_to
 from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
 from chatforge.models.scoring import (join_rollout, response_logits, response_logprobs, response_values,
                                       token_logprobs_and_entropy)
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, on_device, start_run
@@ -215,7 +216,7 @@ def run(cfg: Config) -> Path:
     critic_dir = cfg.critic or cfg.reward_model
 
     # every input is checked before any weights load
-    tokenizer = load_tokenizer(cfg.policy)
+    tokenizer = load_chat_tokenizer(cfg.policy)
     check_tokenizer_fits(tokenizer, cfg.policy, "policy")
     reference_dir = cfg.reference or cfg.policy
     for path, field in ((reference_dir, "reference"), (cfg.reward_model, "reward_model"), (critic_dir, "critic")):

@@ -29,7 +29,8 @@ from chatforge.data.jsonl import write_jsonl
 from chatforge.errors import ChatforgeError
 from chatforge.eval.answers import sample_pools
 from chatforge.generation import SamplingParams
-from chatforge.models.io import check_model_dir, load_causal_lm, load_tokenizer
+from chatforge.models.io import check_model_dir, load_causal_lm
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.runtime import resolve_device, set_threads
 from chatforge.world.gold import GoldScorer
 from chatforge.world.labeler import LABELER_FILE, label_pools, read_labeler_file
@@ -90,7 +91,7 @@ def run(cfg: Config) -> Path:
     prompts = [prompt for prompt, _ in read_prompts(cfg.prompts)][:cfg.max_prompts or None]
     device = resolve_device(cfg.device)
     model = load_causal_lm(cfg.model, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, device=device)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_chat_tokenizer(cfg.model)
     print(f"rank: sampling {cfg.k} responses for each of {len(prompts)} prompts from {cfg.model}", flush=True)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                               seed=cfg.seed)

@@ -41,9 +41,10 @@ from chatforge.guards import NonFiniteGuard
 from chatforge.losses import pairwise_accuracy, ranking_loss
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
-from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_tokenizer, save_hf_folder
+from chatforge.models.io import check_model_dir, check_tokenizer_fits, save_hf_folder
 from chatforge.models.reward import (build_reward_model, chat_ids, check_tied_embeddings, head_and_likelihood,
                                      lm_weight, load_reward_model, pad_right, sequence_rewards)
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -228,10 +229,8 @@ def store_likelihood_weight(model, likelihood_weight: torch.Tensor | None) -> No
 def run(cfg: Config) -> Path:
     """Train the reward model, set its bias, evaluate it; return the final folder."""
     out_dir, device, amp_dtype = start_run(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_chat_tokenizer(cfg.model)
     check_tokenizer_fits(tokenizer, cfg.model)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; the reward model needs one")
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
     model = load_reward_model(resume_from) if resume_from else build_reward_model(cfg.model, tokenizer.pad_token_id)
     max_len = cfg.max_len or context_length(model) or 2048

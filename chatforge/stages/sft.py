@@ -44,7 +44,8 @@ from chatforge.guards import NonFiniteGuard
 from chatforge.losses import token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
-from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, load_tokenizer, save_hf_folder
+from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, save_hf_folder
+from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -196,10 +197,8 @@ def answer_score(model, tokenizer, judge, prompts, cfg: Config) -> float:
 def run(cfg: Config) -> Path:
     """Fine-tune on demonstrations; return the folder of the checkpoint that scored best."""
     out_dir, device, amp_dtype = start_run(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_chat_tokenizer(cfg.model)
     check_tokenizer_fits(tokenizer, cfg.model)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatforgeError(f"{cfg.model}: the tokenizer has no chat template; SFT needs one to render chats")
 
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
     model = load_causal_lm(resume_from or cfg.model)
