@@ -81,7 +81,7 @@ def test_demo_end_to_end(small_demo):
     assert "report card:" in out
     assert report["versions"] == environment.versions() and report["machine"]["torch_threads"] == str(THREADS)
     assert report["machine"]["cpu"] and "| `versions` | python " in (run_dir / "report.md").read_text()
-    assert report["peak_rss_mb"] > 50 and set(report["stage_seconds"]) >= {"world", "tokenizer", "pretrain", "sft", "rm"}
+    assert report["peak_rss_mb"] > 50 and set(report["stage_seconds"]) >= {"world", "tokenizer", "pretrain", "sft", "rm", "report"}
     assert abs(sum(report["stage_seconds"].values()) - report["wall_seconds"]) < 0.05 * report["wall_seconds"] + 5
 
 
@@ -179,3 +179,9 @@ def test_seeds_are_a_list_or_comma_separated():
         load_config(demo.Config, overrides=["seeds=0,one"], validate=False)
     with pytest.raises(ChatforgeError, match="names a seed twice"):
         demo.Config(seeds=[1, 1])
+
+
+def test_stage_seconds_name_each_stage_shortly_and_sum_the_reports_phases():
+    phases = {"world": 12.1, "rank: SFT samples ranked by simulated labelers": 20.0,
+              "ppo_ptx (ptx_coef 1.0, kl_coef 0.1)": 244.0, "report: the base model's facts": 3.4, "report: SFT's answers": 0.5}
+    assert demo.short_phase_seconds(phases) == {"world": 12.1, "rank": 20.0, "ppo_ptx": 244.0, "report": 3.9}
