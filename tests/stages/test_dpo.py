@@ -99,3 +99,13 @@ def test_dpo_config_is_checked_before_loading(tiny_world_base, comparison_files,
     assert main([*common, "loss_type=ipo", "label_smoothing=0.1"]) == 2
     assert "label_smoothing' applies to loss_type=sigmoid only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_dpo_tiny_config_reads_the_demo_run():
+    from pathlib import Path
+
+    from chatforge.config import load_config
+
+    cfg = load_config(dpo.Config, Path(__file__).parents[2] / "configs" / "dpo_tiny.yaml", validate=False)
+    assert cfg.model == "runs/demo/sft/best" and cfg.train_data == ["runs/demo/comparisons/train.jsonl"]
+    assert cfg.beta == 0.1 and cfg.loss_type == "sigmoid"
