@@ -133,6 +133,11 @@ def pair_indices(sizes: list[int], pairs: str, device) -> tuple[torch.Tensor, to
     return torch.cat(chosen).to(device), torch.cat(rejected).to(device)
 
 
+def pair_count(k: int, pairs: str) -> int:
+    """How many pairs a ranking of k responses gives."""
+    return k * (k - 1) // 2 if pairs == "all" else k - 1
+
+
 def batch_logprobs(forward, batch: list[EncodedComparison], pad_id: int, device, amp_dtype):
     """(summed log-probs, token counts) of every response of every comparison in `batch`, flattened in order."""
     ids, mask, response_mask = batch_tensors(batch, pad_id, device)
@@ -187,6 +192,14 @@ def evaluate(model, items: list[EncodedComparison], reference: list[torch.Tensor
         pairs += stats["pairs"]
     model.train()
     return {**{key: value / max(pairs, 1) for key, value in totals.items()}, "pairs": pairs}
+
+
+def pair_means(step_stats: dict, weight: float) -> dict:
+    """The step's statistics as means over the pairs of all ranks (a rank with weight 0 ran a stand-in)."""
+    keys = ("accuracy", "margin", "chosen_logprobs", "rejected_logprobs", "kl")
+    pairs = step_stats["pairs"] if weight else 0
+    sums = dist.all_reduce_sum({**{key: step_stats[key] * pairs for key in keys}, "pairs": pairs})
+    return {key: sums[key] / max(sums["pairs"], 1) for key in keys}
 
 
 def save_resume_point(out_dir, model, tokenizer, stateful: dict, state: dict, keep_last: int) -> None:
@@ -251,8 +264,10 @@ def run(cfg: Config) -> Path:
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
         for first in range(state["epoch_rows"], len(order), cfg.batch_prompts):
             state["epoch_rows"] = first + cfg.batch_prompts
-            # under torchrun each rank takes its share of the comparisons, weighted to the mean over all of them
-            rows, weight = dist.share(order[first:first + cfg.batch_prompts])
+            # under torchrun each rank takes its share of the comparisons, its loss weighted by its share of the
+            # pairs, so that the ranks' average gradient is the one of the mean over all the step's pairs
+            rows, weight = dist.share(order[first:first + cfg.batch_prompts],
+                                      count=lambda i: pair_count(len(train[i].sequences), cfg.pairs))
             batch = [train[i] for i in rows]
             policy, counts = batch_logprobs(trained, batch, pad_id, device, amp_dtype)  # (sum of K,) each
             reference = torch.cat([ref_train[i] for i in rows]).to(device)
@@ -269,8 +284,7 @@ def run(cfg: Config) -> Path:
             state["step"] += 1
             progress.update(1)
             if state["step"] % cfg.log_every == 0:
-                numbers = dist.all_reduce_mean({key: step_stats[key] for key in
-                                                ("accuracy", "margin", "chosen_logprobs", "rejected_logprobs", "kl")})
+                numbers = pair_means(step_stats, weight)
                 logger.log(state["step"], {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
                                            "train/grad_norm": float(grad_norm),
                                            **{f"train/{key}": value for key, value in numbers.items()}})
