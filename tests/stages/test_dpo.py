@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatforge.cli import main
+from chatforge.data.formats import read_comparisons
 from chatforge.data.jsonl import write_jsonl
 from chatforge.metrics import read_metrics
 from chatforge.stages import dpo
@@ -81,6 +82,18 @@ def test_dpo_resume_gives_the_uninterrupted_weights(tiny_world_base, comparison_
     shutil.rmtree(tmp_path / "dpo" / "final")
     resumed = load_file(dpo.run(cfg) / "model.safetensors")
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+def test_dpo_lora_and_frozen_layers_save_a_merged_model(tiny_world_base, comparison_files, tmp_path):
+    _, base = tiny_world_base
+    train, val = comparison_files
+    final = dpo.run(config(base, train, val, tmp_path / "dpo", epochs=1, lora_r=4, freeze_layers=1,
+                           pairs="best_vs_rest", label_smoothing=0.1))
+    weights = load_file(final / "model.safetensors")
+    assert weights and not any("lora" in name for name in weights)
+    summary = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+    comparisons, _ = read_comparisons([train])
+    assert summary["train"]["pairs"] == sum(len(c.responses) - 1 for c in comparisons)  # K - 1, not C(K,2)
 
 
 def test_single_response_comparisons_are_a_one_line_error(tiny_world_base, tmp_path, capsys):
