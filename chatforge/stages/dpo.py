@@ -12,7 +12,8 @@ model, and kept in memory: the reference is never held during training, and a re
     out_dir/final/          the trained policy: a plain HF causal-LM folder (LoRA merged) with a model card
     out_dir/summary.json    loss, implicit-reward accuracy and margin on the training and validation pairs
     out_dir/metrics.jsonl   per step: loss, reward accuracy and margin, chosen / rejected log-probs, KL, lr
-    out_dir/checkpoints/    resume points (each epoch's end, and every save_every steps)
+    out_dir/checkpoints/    resume points (each epoch's end, and every save_every steps; with LoRA the merged
+                            weights, so a resumed LoRA run starts fresh adapters on them)
 """
 
 from __future__ import annotations
