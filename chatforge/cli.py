@@ -20,6 +20,7 @@ COMMANDS = {
     "sft": ("chatforge.stages.sft", "supervised fine-tuning on demonstrations, keeping the best epoch (answer score or val loss)"),
     "rank": ("chatforge.stages.rank", "comparisons for the RM: K samples a prompt, ranked by simulated labelers"),
     "rm": ("chatforge.stages.rm", "train a reward model on ranked comparisons (K-wise ranking loss)"),
+    "dpo": ("chatforge.stages.dpo", "direct preference optimisation of the policy on ranked comparisons, no reward model"),
     "ppo": ("chatforge.stages.ppo", "RLHF: PPO(-ptx) of the policy against a reward model, with a critic and a KL penalty"),
     "iterate": ("chatforge.stages.iterate", "iterated RLHF: sample the policy, rank, retrain the RM, PPO again; N rounds"),
     "generate": ("chatforge.stages.generate", "sample from any causal-LM folder (greedy, beam, sampling)"),

@@ -130,3 +130,39 @@ def adaptive_kl_coef(kl_coef: float, kl: float, target: float, horizon: int, bat
     error = clip(kl / target - 1, -0.2, 0.2);  beta <- beta * (1 + error * batch_size / horizon)."""
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return kl_coef * (1.0 + error * batch_size / horizon)
+
+
+# ---- Direct preference optimisation. Per-pair tensors are (pairs,): summed log-probs of each response.
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The DPO family's loss, mean over pairs, and its implicit rewards (detached).
+
+    h = (pc - rc) - (pr - rr), the policy's log-ratio to the reference on the chosen response minus that on
+    the rejected one.
+      sigmoid (Rafailov et al. 2023):    -log sigmoid(beta h)
+      conservative DPO (label_smoothing eps, the labels flipped with probability eps):
+                                         -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
+      ipo (Azar et al. 2023):            (h - 1 / (2 beta))^2
+    IPO's paper and TRL give it MEAN log-probs per response token (the square punishes length otherwise: a
+    summed h grows with the response); this function takes whichever log-probs it is given, and the dpo stage
+    passes means for ipo and sums for sigmoid. Returns (loss, stats): chosen_rewards beta (pc - rc) and
+    rejected_rewards beta (pr - rr), both (pairs,); accuracy, the share of pairs whose chosen reward is the
+    higher (ties wrong); margin, the mean of chosen - rejected reward.
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    h = chosen_logratio - rejected_logratio
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
+    with torch.no_grad():
+        chosen_rewards, rejected_rewards = beta * chosen_logratio, beta * rejected_logratio
+        stats = {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards,
+                 "accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+                 "margin": (chosen_rewards - rejected_rewards).mean().item()}
+    return losses.mean(), stats

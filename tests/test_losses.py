@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, policy_loss, value_loss, whiten,
+from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, kl_penalized_rewards, policy_loss, value_loss, whiten,
                               IGNORE_INDEX, masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy)
 
 
@@ -134,3 +134,38 @@ def test_adaptive_kl_coef_moves_toward_the_target():
     assert adaptive_kl_coef(0.1, 6.0, 4.0, 100, 10) == pytest.approx(0.102)
     # error = 3.6/4 - 1 = -0.1 -> 0.1 * (1 - 0.1 * 10 / 100) = 0.099
     assert adaptive_kl_coef(0.1, 3.6, 4.0, 100, 10) == pytest.approx(0.099)
+
+
+# Two pairs, beta 0.5. Pair 1: policy - reference log-prob on chosen (-5) - (-6) = 1, on rejected (-9) - (-8) = -1,
+# so h = 2, beta h = 1. Pair 2: chosen (-4) - (-3.5) = -0.5, rejected (-3) - (-4) = 1, so h = -1.5, beta h = -0.75.
+DPO_PAIRS = dict(policy_chosen=torch.tensor([-5.0, -4.0]), policy_rejected=torch.tensor([-9.0, -3.0]),
+                 ref_chosen=torch.tensor([-6.0, -3.5]), ref_rejected=torch.tensor([-8.0, -4.0]), beta=0.5)
+
+
+def test_dpo_sigmoid_loss_by_hand():
+    # (log(1 + e^-1) + log(1 + e^0.75)) / 2 = (0.3132617 + 1.1368710) / 2
+    loss, _ = dpo_loss(**DPO_PAIRS)
+    assert loss.item() == pytest.approx(0.7250663, abs=1e-6)
+
+
+def test_dpo_conservative_loss_by_hand():
+    # eps 0.1: 0.9 log(1 + e^-x) + 0.1 log(1 + e^x) at x = 1: 0.4132617, at x = -0.75: 1.0618710
+    loss, _ = dpo_loss(**DPO_PAIRS, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(0.7375663, abs=1e-6)
+
+
+def test_ipo_loss_by_hand():
+    # (h - 1/(2 beta))^2 = (2 - 1)^2 = 1 and (-1.5 - 1)^2 = 6.25
+    loss, _ = dpo_loss(**DPO_PAIRS, loss_type="ipo")
+    assert loss.item() == pytest.approx(3.625, abs=1e-6)
+
+
+def test_dpo_implicit_rewards_accuracy_and_margin():
+    # rewards beta (policy - reference): chosen [0.5, -0.25], rejected [-0.5, 0.5]; pair 2 is ordered wrong
+    _, stats = dpo_loss(**DPO_PAIRS)
+    assert stats["chosen_rewards"].tolist() == pytest.approx([0.5, -0.25])
+    assert stats["rejected_rewards"].tolist() == pytest.approx([-0.5, 0.5])
+    assert stats["accuracy"] == 0.5
+    assert stats["margin"] == pytest.approx((1.0 - 0.75) / 2)
+    with pytest.raises(ValueError, match="loss_type"):
+        dpo_loss(**DPO_PAIRS, loss_type="hinge")
