@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from chatforge.cli import main
+from chatforge.errors import ChatforgeError
 from chatforge.metrics import read_metrics
 from chatforge.models.io import load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model
@@ -205,3 +206,14 @@ def test_ppo_reward_source_fn_needs_a_reward_fn(tiny_world_base, reward_model_di
     world_dir, base = tiny_world_base
     assert run_cli(world_dir, base, reward_model_dir, tmp_path / "out", "reward_source=fn") == 2
     assert "needs field 'reward_fn'" in capsys.readouterr().err
+
+
+def test_ppo_stops_when_the_reward_function_breaks_mid_run(tiny_world_base, reward_model_dir, tmp_path):
+    """Every call is checked, not just the pre-flight one (two responses, where this function still works)."""
+    world_dir, base = tiny_world_base
+    path = tmp_path / "two.py"
+    path.write_text("def two(prompts, responses):\n    return [1.0] * min(len(responses), 2)\n")
+    with pytest.raises(ChatforgeError, match=r"returned 2 scores for 8 responses"):
+        ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "out", steps=1, ptx_coef=0.0,
+                           reward_fn=f"{path}:two", save_every=0))
+    assert read_metrics(tmp_path / "out") == []  # no step was logged
