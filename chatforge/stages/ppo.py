@@ -11,10 +11,11 @@ Each step: sample one response per prompt for `rollout_batch` RL prompts (temper
 the response never ended; reward_source = gold puts the built-in world's gold judge in the RM's place,
 an oracle run; reward_source = fn a Python reward function alone (chatforge/reward_fn.py); a reward_fn
 beside rm/gold adds reward_fn_weight * its score after the normalisation) -> per-token rewards
--beta * (log pi - log pi_ref), with the score added at the last token -> GAE advantages, whitened -> `ppo_epochs` passes of minibatches with the clipped
-policy loss + ptx_coef * the pretraining LM loss (PPO-ptx; ptx_coef 0 is plain PPO) for the actor,
-and the clipped value loss for the critic. Dropout is off in every role (all models stay in eval
-mode), padding is masked out of every loss, and beta is fixed or adapted to a target KL.
+-beta * (log pi - log pi_ref), with the score added at the last token -> GAE advantages, whitened
+-> `ppo_epochs` passes of minibatches with the clipped policy loss + ptx_coef * the pretraining LM loss
+(PPO-ptx; ptx_coef 0 is plain PPO) for the actor, and the clipped value loss for the critic. Dropout is
+off in every role (all models stay in eval mode), padding is masked out of every loss, and beta is fixed
+or adapted to a target KL.
 
     out_dir/metrics.jsonl, tensorboard/   per step: reward, gold score, KL, entropy, clip fraction,
                                           losses, response length, tokens/s, time split
