@@ -9,11 +9,13 @@ Each step: sample one response per prompt for `rollout_batch` RL prompts (temper
 -> score them: the policy's and the reference's logprobs, the critic's values, the RM's reward
 (normalised by the mean/std of rewards of SFT samples measured before training; minus a penalty if
 the response never ended; reward_source = gold puts the built-in world's gold judge in the RM's place,
-an oracle run) -> per-token rewards -beta * (log pi - log pi_ref), with the score added
-at the last token -> GAE advantages, whitened -> `ppo_epochs` passes of minibatches with the clipped
-policy loss + ptx_coef * the pretraining LM loss (PPO-ptx; ptx_coef 0 is plain PPO) for the actor,
-and the clipped value loss for the critic. Dropout is off in every role (all models stay in eval
-mode), padding is masked out of every loss, and beta is fixed or adapted to a target KL.
+an oracle run; reward_source = fn a Python reward function alone (chatforge/reward_fn.py); a reward_fn
+beside rm/gold adds reward_fn_weight * its score after the normalisation) -> per-token rewards
+-beta * (log pi - log pi_ref), with the score added at the last token -> GAE advantages, whitened
+-> `ppo_epochs` passes of minibatches with the clipped policy loss + ptx_coef * the pretraining LM loss
+(PPO-ptx; ptx_coef 0 is plain PPO) for the actor, and the clipped value loss for the critic. Dropout is
+off in every role (all models stay in eval mode), padding is masked out of every loss, and beta is fixed
+or adapted to a target KL.
 
     out_dir/metrics.jsonl, tensorboard/   per step: reward, gold score, KL, entropy, clip fraction,
                                           losses, response length, tokens/s, time split
@@ -59,6 +61,7 @@ from chatforge.models.scoring import (join_rollout, response_logits, response_lo
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
+from chatforge.reward_fn import RewardFn
 from chatforge.runtime import autocast, enable_gradient_checkpointing, on_device, start_run
 
 
@@ -67,9 +70,14 @@ class Config:
     policy: str = opt("", "model folder the actor starts from (the SFT model, or the last round's policy)")
     reference: str = opt("", "frozen reference of the KL penalty ('' = policy); iterated RLHF keeps the SFT model here")
     reward_model: str = opt("", "reward-model folder (written by `chatforge rm`), frozen")
-    reward_source: Literal["rm", "gold"] = opt(
-        "rm", "what scores each response: the reward model, or the built-in world's gold judge (needs gold_world): "
-              "an oracle run, the most PPO gets from a perfect RM (reward_model then only starts the critic)")
+    reward_source: Literal["rm", "gold", "fn"] = opt(
+        "rm", "what scores each response: the reward model; the built-in world's gold judge (needs gold_world): "
+              "an oracle run, the most PPO gets from a perfect RM; or reward_fn alone. With gold or fn no reward "
+              "model is loaded for scoring: reward_model (or critic) then only starts the critic")
+    reward_fn: str = opt("", "a Python reward function 'package.module:function' or 'path/file.py:function': "
+                             "(prompts as message lists, response strings) -> list[float]; with reward_source rm/gold "
+                             "its score * reward_fn_weight is added to the (normalised) score; see docs/ppo.md")
+    reward_fn_weight: float = opt(1.0, "weight of reward_fn's score (it is never normalised; 1 = as returned)")
     critic: str = opt("", "reward-model folder the critic starts from ('' = reward_model)")
     prompts: str = opt("", 'JSONL of {"prompt": ...} RL prompts (no responses needed)')
     pretrain_data: list[str] = opt([], "pretraining text (.jsonl/.txt/.parquet) for the ptx loss")
@@ -122,13 +130,18 @@ class Config:
 
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
-        for name in ("policy", "reward_model", "prompts"):
+        for name in ("policy", "prompts") + (() if self.reward_source == "fn" and self.critic else ("reward_model",)):
             if not getattr(self, name):
-                raise ChatforgeError(f"ppo: field '{name}' is empty")
+                raise ChatforgeError(f"ppo: field '{name}' is empty" + (
+                    " (with reward_source fn it, or 'critic', is the folder the critic starts from)"
+                    if name == "reward_model" and self.reward_source == "fn" else ""))
+        if self.reward_source == "fn" and not self.reward_fn:
+            raise ChatforgeError("ppo: reward_source 'fn' needs field 'reward_fn' ('package.module:function')")
         check_model_dir(self.policy)
         if self.reference:
             check_model_dir(self.reference)
-        check_reward_model_dir(self.reward_model, "reward_model")
+        if self.reward_model:
+            check_reward_model_dir(self.reward_model, "reward_model")
         if self.critic:
             check_reward_model_dir(self.critic, "critic")
         if not Path(self.prompts).is_file():
@@ -201,6 +214,20 @@ def response_scores(cfg: Config, reward_model, judge, batch_prompts: list, texts
         return sequence_rewards(reward_model, input_ids, attention_mask, response_mask)
 
 
+def combined_scores(model_scores: torch.Tensor | None, fn_scores: torch.Tensor | None, finished: torch.Tensor,
+                    cfg: Config, reward_mean: float, reward_std: float) -> torch.Tensor:
+    """Each response's score, (batch,), added at its last token: the RM's (or gold) score normalised by the SFT
+    samples' scale, plus reward_fn_weight * the reward function's score as returned, minus the missing-EOS penalty.
+    The fn's score is added after the normalisation, never normalised itself: a rule's 0/1 keeps its meaning, and
+    a rule SFT samples all fail would have a std of ~0 to divide by."""
+    scores = torch.zeros_like(finished)
+    if model_scores is not None:
+        scores = (model_scores - reward_mean) / reward_std if cfg.normalize_reward else model_scores
+    if fn_scores is not None:
+        scores = scores + cfg.reward_fn_weight * fn_scores
+    return scores - cfg.missing_eos_penalty * (1.0 - finished)
+
+
 def trim(tensors: dict, rows: torch.Tensor) -> dict:
     """The minibatch `rows`, with columns that are padding in every chosen row cut away."""
     picked = {name: t[rows] for name, t in tensors.items()}
@@ -212,6 +239,9 @@ def trim(tensors: dict, rows: torch.Tensor) -> dict:
 
 def run(cfg: Config) -> Path:
     """Train the policy with PPO(-ptx) against the reward model; return the final policy folder."""
+    reward_fn = RewardFn(cfg.reward_fn) if cfg.reward_fn else None
+    if reward_fn is not None:  # before the run folder exists: a broken function leaves nothing behind
+        reward_fn.preflight([prompt for prompt, _ in read_prompts(cfg.prompts)])
     out_dir, device, amp_dtype = start_run(cfg)
     critic_dir = cfg.critic or cfg.reward_model
 
@@ -220,7 +250,8 @@ def run(cfg: Config) -> Path:
     check_tokenizer_fits(tokenizer, cfg.policy, "policy")
     reference_dir = cfg.reference or cfg.policy
     for path, field in ((reference_dir, "reference"), (cfg.reward_model, "reward_model"), (critic_dir, "critic")):
-        check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(path), path, field)
+        if path:  # reward_model may be empty with reward_source fn
+            check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(path), path, field)
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(cfg.policy), "max_position_embeddings", None) or 2048
@@ -237,8 +268,8 @@ def run(cfg: Config) -> Path:
     actor = configure_trainable(actor, cfg.freeze_layers, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.lora_targets)
     frozen_device = "cpu" if cfg.offload_frozen else device  # offloaded: on the GPU only for their forward passes
     reference = load_causal_lm(reference_dir, device=frozen_device).requires_grad_(False)
-    # with the gold judge as the reward, the RM folder only starts the critic
-    reward_model = None if cfg.reward_source == "gold" else \
+    # with the gold judge or a reward function alone as the reward, the RM folder only starts the critic
+    reward_model = None if cfg.reward_source in ("gold", "fn") else \
         load_reward_model(cfg.reward_model, frozen_device).requires_grad_(False)
     critic = load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
     for model in (actor, reference, reward_model, critic):
@@ -267,7 +298,7 @@ def run(cfg: Config) -> Path:
     if resume_from is not None:
         state.update(load_trainer_state(resume_from, stateful))
         print(f"ppo: resuming after step {state['step']} from {resume_from}")
-    elif cfg.normalize_reward:
+    elif cfg.normalize_reward and cfg.reward_source != "fn":  # a reward function's score is never normalised
         # reward normalisation: the scale of SFT (reference) samples' rewards, measured once before any update;
         # the reference, not the actor, so a later round of iterated RLHF still measures SFT's scale
         first_prompts = dist.shard(step_prompts(prompts, 0, cfg.rollout_batch, cfg.seed + 1))
@@ -308,11 +339,14 @@ def run(cfg: Config) -> Path:
             with on_device(reference, device, cfg.offload_frozen):
                 ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
             old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
-            raw_scores = response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids,
-                                         attention_mask, prompt_width, device)
+            model_scores = None if cfg.reward_source == "fn" else \
+                response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids, attention_mask,
+                                prompt_width, device)
+        fn_scores = None if reward_fn is None else torch.tensor(
+            reward_fn([prompt for prompt, _ in batch_prompts], result.texts), dtype=torch.float32, device=device)
+        raw_scores = fn_scores if model_scores is None else model_scores  # the reward source's own scores
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
-        scores = (raw_scores - state["reward_mean"]) / state["reward_std"] if cfg.normalize_reward else raw_scores
-        scores = scores - cfg.missing_eos_penalty * (1.0 - finished)
+        scores = combined_scores(model_scores, fn_scores, finished, cfg, state["reward_mean"], state["reward_std"])
         rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores, state["kl_coef"])
         advantages, returns = gae(rewards, old_values, mask, cfg.discount, cfg.lam)
         advantages = dist.whiten_across_ranks(advantages, mask)  # mean and variance over every rank's rollouts
@@ -371,6 +405,7 @@ def run(cfg: Config) -> Path:
         record = {
             "rollout/reward": raw_scores.mean().item(),
             "rollout/score": scores.mean().item(),
+            **({"rollout/reward_fn": fn_scores.mean().item()} if fn_scores is not None else {}),
             "rollout/kl": kl.sum(1).mean().item(),
             "rollout/kl_coef": state["kl_coef"],
             "rollout/response_length": lengths.mean().item(),

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from chatforge.cli import main
+from chatforge.errors import ChatforgeError
 from chatforge.metrics import read_metrics
 from chatforge.models.io import load_tokenizer, save_hf_folder
 from chatforge.models.reward import build_reward_model
@@ -138,3 +139,81 @@ def test_ppo_gold_reward_needs_a_world(tiny_world_base, reward_model_dir, tmp_pa
     world_dir, base = tiny_world_base
     assert run_cli(world_dir, base, reward_model_dir, tmp_path / "out", "reward_source=gold") == 2
     assert "gold_world" in capsys.readouterr().err
+
+
+REWARD_FNS = '''
+def index(prompts, responses):
+    return [float(i) for i in range(len(responses))]
+
+def one_score(prompts, responses):
+    return [1.0]
+
+def fails(prompts, responses):
+    raise ValueError("no rule for this prompt")
+
+def words(prompts, responses):
+    return ["good"] * len(responses)
+
+not_a_function = 3
+'''
+
+
+@pytest.fixture
+def reward_fns(tmp_path):
+    path = tmp_path / "reward_fns.py"
+    path.write_text(REWARD_FNS)
+    return path
+
+
+def test_ppo_with_a_reward_function_alone_and_beside_the_rm(tiny_world_base, reward_model_dir, reward_fns, tmp_path):
+    """reward_source fn (no reward model, the critic from `critic`): the fn's scores are the step's rewards,
+    times the weight; beside the RM they are added after the RM's normalisation."""
+    world_dir, base = tiny_world_base
+    ppo.run(ppo_config(world_dir, base, "", tmp_path / "fn", steps=1, ptx_coef=0.0, critic=str(reward_model_dir),
+                       reward_source="fn", reward_fn=f"{reward_fns}:index", reward_fn_weight=2.0,
+                       missing_eos_penalty=0.0, save_every=0))
+    (record,) = read_metrics(tmp_path / "fn")
+    assert record["rollout/reward"] == record["rollout/reward_fn"] == 3.5  # mean of 0..7
+    assert record["rollout/score"] == 7.0
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "rm", steps=1, ptx_coef=0.0,
+                       reward_fn=f"{reward_fns}:index", reward_fn_weight=0.5, save_every=0))
+    (record,) = read_metrics(tmp_path / "rm")
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    normalised = (record["rollout/reward"] - summary["reward_mean_sft"]) / summary["reward_std_sft"]
+    assert record["rollout/reward_fn"] == 3.5
+    assert record["rollout/score"] == pytest.approx(normalised + 0.5 * 3.5 - (1.0 - record["rollout/eos_rate"]),
+                                                    abs=1e-5)
+
+
+@pytest.mark.parametrize("function, words", [
+    ("no_such_module_xyz:f", "field 'reward_fn': cannot import no_such_module_xyz: ModuleNotFoundError"),
+    ("FILE:not_a_function", "not_a_function is not callable (int)"),
+    ("FILE:missing", "has no 'missing'"),
+    ("FILE:fails", "raised ValueError: no rule for this prompt"),
+    ("FILE:one_score", "returned 1 scores for 2 responses"),
+    ("FILE:words", "returned 'good' (str) at position 0")])
+def test_ppo_stops_on_a_broken_reward_function_before_writing(tiny_world_base, reward_model_dir, reward_fns,
+                                                              tmp_path, capsys, function, words):
+    world_dir, base = tiny_world_base
+    out = tmp_path / "out"
+    assert run_cli(world_dir, base, reward_model_dir, out, f"reward_fn={function.replace('FILE', str(reward_fns))}") == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err, err
+    assert not out.exists()  # the pre-flight call comes before the run folder
+
+
+def test_ppo_reward_source_fn_needs_a_reward_fn(tiny_world_base, reward_model_dir, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    assert run_cli(world_dir, base, reward_model_dir, tmp_path / "out", "reward_source=fn") == 2
+    assert "needs field 'reward_fn'" in capsys.readouterr().err
+
+
+def test_ppo_stops_when_the_reward_function_breaks_mid_run(tiny_world_base, reward_model_dir, tmp_path):
+    """Every call is checked, not just the pre-flight one (two responses, where this function still works)."""
+    world_dir, base = tiny_world_base
+    path = tmp_path / "two.py"
+    path.write_text("def two(prompts, responses):\n    return [1.0] * min(len(responses), 2)\n")
+    with pytest.raises(ChatforgeError, match=r"returned 2 scores for 8 responses"):
+        ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "out", steps=1, ptx_coef=0.0,
+                           reward_fn=f"{path}:two", save_every=0))
+    assert read_metrics(tmp_path / "out") == []  # no step was logged
