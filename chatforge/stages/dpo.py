@@ -30,22 +30,21 @@ import torch
 
 from chatforge import distributed as dist
 from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, require_positive, save_config, to_dict
-from chatforge.data.formats import data_files, nothing_left, read_comparisons
-from chatforge.data.shapes import COMPARISON_SHAPES, check_fields
+from chatforge.config import opt, save_config, to_dict
+from chatforge.data.formats import nothing_left, read_comparisons
 from chatforge.errors import ChatforgeError
 from chatforge.generation import context_length
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import dpo_loss
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
-from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, save_hf_folder
+from chatforge.models.io import check_tokenizer_fits, load_causal_lm, save_hf_folder
 from chatforge.models.scoring import token_logprobs
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
-from chatforge.stages.rm import EncodedComparison, batch_tensors, encode_comparisons
+from chatforge.stages.rm import EncodedComparison, batch_tensors, check_comparison_run, encode_comparisons
 
 
 @dataclass
@@ -93,23 +92,13 @@ class Config:
 
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
-        if not self.model:
-            raise ChatforgeError("dpo: field 'model' is empty; give the SFT model folder")
-        check_model_dir(self.model)
-        if not self.train_data:
-            raise ChatforgeError("dpo: field 'train_data' is empty; give comparison files")
-        data_files(self.train_data)
-        if self.val_data:
-            data_files(self.val_data)
-        check_fields(self.fields, COMPARISON_SHAPES, "dpo")
-        require_positive(self, "dpo", ("epochs", "batch_prompts", "log_every"))
+        check_comparison_run(self, "dpo")
         if not self.beta > 0:
             raise ChatforgeError(f"dpo: field 'beta' must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ChatforgeError(f"dpo: field 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ChatforgeError("dpo: field 'label_smoothing' applies to loss_type=sigmoid only")
-        dist.check_divisible("dpo", "batch_prompts", self.batch_prompts)
 
 
 def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor,

@@ -100,17 +100,23 @@ class Config:
 
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
-        if not self.model:
-            raise ChatforgeError("rm: field 'model' is empty; give the SFT model folder")
-        check_model_dir(self.model)
-        if not self.train_data:
-            raise ChatforgeError("rm: field 'train_data' is empty; give comparison files")
-        data_files(self.train_data)
-        if self.val_data:
-            data_files(self.val_data)
-        check_fields(self.fields, COMPARISON_SHAPES, "rm")
-        require_positive(self, "rm", ("epochs", "batch_prompts", "log_every"))
-        dist.check_divisible("rm", "batch_prompts", self.batch_prompts)
+        check_comparison_run(self, "rm")
+
+
+def check_comparison_run(cfg, stage: str) -> None:
+    """The checks a stage trained on comparisons (rm, dpo) makes of its model, data files, field mapping and
+    batch before anything loads."""
+    if not cfg.model:
+        raise ChatforgeError(f"{stage}: field 'model' is empty; give the SFT model folder")
+    check_model_dir(cfg.model)
+    if not cfg.train_data:
+        raise ChatforgeError(f"{stage}: field 'train_data' is empty; give comparison files")
+    data_files(cfg.train_data)
+    if cfg.val_data:
+        data_files(cfg.val_data)
+    check_fields(cfg.fields, COMPARISON_SHAPES, stage)
+    require_positive(cfg, stage, ("epochs", "batch_prompts", "log_every"))
+    dist.check_divisible(stage, "batch_prompts", cfg.batch_prompts)
 
 
 @dataclass
