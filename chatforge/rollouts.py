@@ -12,6 +12,7 @@ never ended. Runs in one process: under torchrun these stages stop with an error
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,18 +20,23 @@ from typing import Literal
 import torch
 
 from chatforge import distributed as dist
-from chatforge.config import opt, require_positive
+from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from chatforge.config import opt, require_positive, save_config, to_dict
 from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import GenerationResult, SamplingParams, generate
+from chatforge.guards import NonFiniteGuard
+from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
-from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_tokenizer,
-                                 save_hf_folder)
+from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
+                                 load_tokenizer, save_hf_folder)
 from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
 from chatforge.models.scoring import join_rollout
 from chatforge.models.templates import load_chat_tokenizer
+from chatforge.optim import build_optimizer
 from chatforge.reward_fn import RewardFn
-from chatforge.runtime import autocast
+from chatforge.runtime import autocast, start_run
+from chatforge.stages.ppo import load_rl_prompts, step_prompts
 
 
 @dataclass
@@ -109,8 +115,6 @@ def prepare(cfg: SamplingConfig, stage: str) -> tuple:
     (tokenizers, prompts, the judge and reward function each tried on the prompts) before the run folder is made,
     so nothing is written on bad input."""
     from transformers import AutoConfig
-
-    from chatforge.stages.ppo import load_rl_prompts
 
     tokenizer = load_chat_tokenizer(cfg.policy)
     check_tokenizer_fits(tokenizer, cfg.policy, "policy")
@@ -200,6 +204,115 @@ def sample_metrics(scores: dict, combined: torch.Tensor, result: GenerationResul
         record["samples/gold_score"] = scores["gold"].mean().item()
     return record
 
+
+
+@dataclass
+class Rounds:
+    """A sampling-round run: what every round reads, and the state its checkpoints keep."""
+
+    cfg: SamplingConfig
+    stage: str
+    tokenizer: object
+    prompts: list  # (prompt, token ids with the chat template + assistant header)
+    scorers: Scorers
+    out_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: torch.nn.Module  # the policy being trained
+    optimizer: torch.optim.Optimizer
+    state: dict  # round, reward_mean, reward_std, first and last round's metrics
+    logger: MetricsLogger
+    progress: object
+    guard: NonFiniteGuard
+
+
+def start_rounds(cfg: SamplingConfig, stage: str, check=None) -> Rounds:
+    """Check every input (and `check(tokenizer)`, the stage's own) before the run folder is made, then load the
+    policy (from the newest round checkpoint when resuming), the reward model and one AdamW."""
+    tokenizer, prompts, scorers = prepare(cfg, stage)
+    if check is not None:
+        check(tokenizer)
+    out_dir, device, amp_dtype = start_run(cfg)
+    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    model = load_causal_lm(resume_from or cfg.policy, device=device).eval()
+    load_reward_model_into(scorers, cfg, device)
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    state = {"round": 0, "reward_mean": None, "reward_std": None, "first": None, "last": None}
+    if resume_from is not None:
+        state.update(load_trainer_state(resume_from, {"optimizer": optimizer}))
+        print(f"{stage}: resuming after round {state['round']} from {resume_from}")
+    save_config(cfg, out_dir / "config.yaml")
+    logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg), state["round"])
+    progress = progress_bar(cfg.rounds, stage, state["round"])
+    return Rounds(cfg, stage, tokenizer, prompts, scorers, out_dir, device, amp_dtype, model, optimizer, state,
+                  logger, progress, NonFiniteGuard(stage, out_dir))
+
+
+@dataclass
+class RoundSamples:
+    """A round's samples, `per_prompt` of each prompt in prompt order, scored."""
+
+    prompts: list  # each sample's prompt, (N,)
+    result: GenerationResult
+    scores: dict  # source_scores
+    combined: torch.Tensor  # (N,): what ranks the samples
+    record: dict  # the round's metrics so far
+    times: dict
+
+
+def sample_and_score(rounds: Rounds, per_prompt: int) -> RoundSamples:
+    """Sample this round's prompts from the current policy and score the samples; the first round's scores set
+    the normalisation (the starting policy's samples, as PPO's SFT samples)."""
+    cfg, state = rounds.cfg, rounds.state
+    start = time.perf_counter()
+    round_prompts = step_prompts(rounds.prompts, state["round"], cfg.prompts_per_round, cfg.seed)
+    result = sample_round(rounds.model, round_prompts, per_prompt, cfg, cfg.seed * 1_000_003 + state["round"],
+                          rounds.tokenizer)
+    sampled = time.perf_counter()
+    prompts = [prompt for prompt, _ in round_prompts for _ in range(per_prompt)]
+    scores = source_scores(cfg, rounds.scorers, prompts, result, rounds.device, rounds.amp_dtype)
+    if state["reward_mean"] is None:
+        state["reward_mean"], state["reward_std"] = normalisation(cfg, scores["raw"])
+    combined = combined_scores(scores, cfg, state["reward_mean"], state["reward_std"])
+    record = sample_metrics(scores, combined, result, sampled - start)
+    return RoundSamples(prompts, result, scores, combined, record,
+                        {"start": start, "sampled": sampled, "scored": time.perf_counter()})
+
+
+def end_round(rounds: Rounds, samples: RoundSamples, **postfix) -> None:
+    """Log the round's metrics (step = the round), show them, and checkpoint the policy and optimizer."""
+    times, state = samples.times, rounds.state
+    done = time.perf_counter()
+    record = {**samples.record, "time/sample_s": times["sampled"] - times["start"],
+              "time/score_s": times["scored"] - times["sampled"], "time/train_s": done - times["scored"],
+              "time/round_s": done - times["start"]}
+    state["round"] += 1
+    state["first"] = state["first"] or record
+    state["last"] = record
+    rounds.logger.log(state["round"], record)
+    rounds.progress.update(1)
+    gold = {"gold": f"{record['samples/gold_score']:.3f}"} if "samples/gold_score" in record else {}
+    rounds.progress.set_postfix(reward=f"{record['samples/reward']:.3f}", **postfix, **gold)
+    save_checkpoint(rounds.out_dir, state["round"], rounds.model, rounds.tokenizer, {"optimizer": rounds.optimizer},
+                    state, rounds.cfg.keep_last)
+
+
+def optimizer_step(rounds: Rounds, loss: float) -> bool:
+    """Clip the accumulated gradient and step, unless the loss or gradient is not finite (then the step is
+    skipped, never applied); zero the gradient either way. True when the step was taken."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(rounds.model.parameters(), rounds.cfg.grad_clip or float("inf"))
+    ok = rounds.guard.step_ok(rounds.state["round"], loss, grad_norm)
+    if ok:
+        rounds.optimizer.step()
+    rounds.optimizer.zero_grad(set_to_none=True)
+    return ok
+
+
+def finish(rounds: Rounds, tag: str) -> Path:
+    """Close the logs; write summary.json and out_dir/final (the policy, a plain HF folder with a model card)."""
+    rounds.progress.close()
+    rounds.logger.close()
+    return save_final(rounds.out_dir, rounds.model, rounds.tokenizer, rounds.cfg, rounds.state, tag)
 
 def save_final(out_dir: Path, model, tokenizer, cfg: SamplingConfig, state: dict, tag: str) -> Path:
     """summary.json (first and last round, normalisation) and out_dir/final: the policy, a plain HF folder."""

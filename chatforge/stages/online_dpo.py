@@ -23,7 +23,6 @@ One process (no torchrun).
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,20 +30,14 @@ from typing import Literal
 
 import torch
 
-from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, save_config, to_dict
+from chatforge.config import opt
 from chatforge.data.formats import Comparison
 from chatforge.errors import ChatforgeError
-from chatforge.guards import NonFiniteGuard
-from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.io import check_model_dir, check_same_tokenizer, load_causal_lm, load_tokenizer
-from chatforge.optim import build_optimizer
 from chatforge.reward_fn import as_messages
-from chatforge.rollouts import (SamplingConfig, check_sampling_config, combined_scores, load_reward_model_into,
-                                normalisation, prepare, sample_metrics, sample_round, save_final, source_scores)
-from chatforge.runtime import start_run
+from chatforge.rollouts import (Rounds, SamplingConfig, check_sampling_config, end_round, finish, optimizer_step,
+                                sample_and_score, start_rounds)
 from chatforge.stages.dpo import batch_logprobs, pair_count, pair_loss
-from chatforge.stages.ppo import step_prompts
 from chatforge.stages.rm import EncodedComparison
 
 
@@ -125,101 +118,61 @@ def summed_logprobs(model, items: list[EncodedComparison], pad_id: int, device, 
     return out
 
 
-def train_round(model, groups: list, optimizer, guard, cfg: Config, round_index: int, pad_id: int, device,
-                amp_dtype) -> dict:
+def train_round(rounds: Rounds, groups: list) -> dict:
     """`epochs` passes of DPO steps over the round's (item, reference log-probs) groups; pair-weighted means."""
+    cfg, model = rounds.cfg, rounds.model
     settings = loss_settings(cfg)
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "chosen_logprobs": 0.0, "rejected_logprobs": 0.0}
     pairs, steps = 0, 0
     model.train()
     for epoch in range(cfg.epochs):
         order = list(range(len(groups)))
-        random.Random(cfg.seed * 1_000_003 + round_index * 1000 + epoch).shuffle(order)
+        random.Random(cfg.seed * 1_000_003 + rounds.state["round"] * 1000 + epoch).shuffle(order)
         for first in range(0, len(order), cfg.batch_prompts):
             batch = [groups[i] for i in order[first:first + cfg.batch_prompts]]
-            policy, counts = batch_logprobs(model, [item for item, _ in batch], pad_id, device, amp_dtype)
-            reference = torch.cat([ref for _, ref in batch]).to(device)
+            policy, counts = batch_logprobs(model, [item for item, _ in batch], rounds.tokenizer.pad_token_id,
+                                            rounds.device, rounds.amp_dtype)
+            reference = torch.cat([ref for _, ref in batch]).to(rounds.device)
             loss, stats = pair_loss(settings, policy, counts, reference, [len(item.sequences) for item, _ in batch])
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            if guard.step_ok(round_index, loss.item(), grad_norm):  # a non-finite step is skipped, never applied
-                optimizer.step()
+            if optimizer_step(rounds, loss.item()):
                 steps += 1
                 stats["loss"] = loss.item()
                 for key in totals:
                     totals[key] += stats[key] * stats["pairs"]
                 pairs += stats["pairs"]
-            optimizer.zero_grad(set_to_none=True)
     model.eval()
     return {**{f"train/{key}": value / max(pairs, 1) for key, value in totals.items()}, "train/steps": steps}
 
 
 def run(cfg: Config) -> Path:
     """Train the policy by DPO on ranked pairs of its own samples, round after round; return the final folder."""
-    tokenizer, prompts, scorers = prepare(cfg, "online_dpo")  # every input checked: nothing written yet
-    reference_dir = cfg.reference or cfg.policy
-    if cfg.reference:
-        check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(cfg.reference), cfg.reference, "reference")
-    out_dir, device, amp_dtype = start_run(cfg)
-    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
-    model = load_causal_lm(resume_from or cfg.policy, device=device).eval()
-    reference = load_causal_lm(reference_dir, device=device).requires_grad_(False).eval()
-    load_reward_model_into(scorers, cfg, device)
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    state = {"round": 0, "reward_mean": None, "reward_std": None, "first": None, "last": None}
-    if resume_from is not None:
-        state.update(load_trainer_state(resume_from, {"optimizer": optimizer}))
-        print(f"online_dpo: resuming after round {state['round']} from {resume_from}")
-    save_config(cfg, out_dir / "config.yaml")
-    logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg), state["round"])
-    print(f"online_dpo: {len(prompts)} prompts, {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x {cfg.k} "
-          f"samples, pairs {cfg.pairs}, beta {cfg.beta}")
+    def check_reference(tokenizer):
+        if cfg.reference:
+            check_same_tokenizer(tokenizer, cfg.policy, load_tokenizer(cfg.reference), cfg.reference, "reference")
 
-    pad_id = tokenizer.pad_token_id
-    progress = progress_bar(cfg.rounds, "online_dpo", state["round"])
-    guard = NonFiniteGuard("online_dpo", out_dir)
-    while state["round"] < cfg.rounds:
-        round_index = state["round"]
-        start = time.perf_counter()
-        round_prompts = step_prompts(prompts, round_index, cfg.prompts_per_round, cfg.seed)
-        result = sample_round(model, round_prompts, cfg.k, cfg, cfg.seed * 1_000_003 + round_index, tokenizer)
-        sampled = time.perf_counter()
-
-        # score, rank, pair; the log-probs of every sample under both models (the KL, and the reference's for DPO)
-        prompt_list = [prompt for prompt, _ in round_prompts]
-        scores = source_scores(cfg, scorers, [p for p in prompt_list for _ in range(cfg.k)], result, device, amp_dtype)
-        if state["reward_mean"] is None:  # the starting policy's samples set the scale, as PPO's SFT samples do
-            state["reward_mean"], state["reward_std"] = normalisation(cfg, scores["raw"])
-        combined = combined_scores(scores, cfg, state["reward_mean"], state["reward_std"])
-        items = sample_items(prompt_list, result, cfg.k)
+    rounds = start_rounds(cfg, "online_dpo", check_reference)  # every input checked before anything is written
+    reference = load_causal_lm(cfg.reference or cfg.policy, device=rounds.device).requires_grad_(False).eval()
+    pad_id, device, amp_dtype = rounds.tokenizer.pad_token_id, rounds.device, rounds.amp_dtype
+    print(f"online_dpo: {len(rounds.prompts)} prompts, {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x "
+          f"{cfg.k} samples, pairs {cfg.pairs}, beta {cfg.beta}")
+    while rounds.state["round"] < cfg.rounds:
+        samples = sample_and_score(rounds, cfg.k)
+        # every sample's log-probs under both models: the KL on the samples, and the reference's for the loss
+        items = sample_items(samples.prompts[::cfg.k], samples.result, cfg.k)
         ref_logprobs = summed_logprobs(reference, items, pad_id, device, amp_dtype, cfg.batch_prompts)
-        policy_logprobs = summed_logprobs(model, items, pad_id, device, amp_dtype, cfg.batch_prompts)
+        policy_logprobs = summed_logprobs(rounds.model, items, pad_id, device, amp_dtype, cfg.batch_prompts)
         groups = []
         for p, item in enumerate(items):
-            order = ranked_group(combined[p * cfg.k:(p + 1) * cfg.k].tolist(), cfg.pairs)
+            order = ranked_group(samples.combined[p * cfg.k:(p + 1) * cfg.k].tolist(), cfg.pairs)
             if order:
                 groups.append((EncodedComparison([item.sequences[i] for i in order], item.comparison, item.prompt_len),
                                ref_logprobs[p][order]))
-        scored = time.perf_counter()
-
-        record = sample_metrics(scores, combined, result, sampled - start)
+        record = samples.record
         record["samples/kl"] = (torch.cat(policy_logprobs) - torch.cat(ref_logprobs)).mean().item()
         record["pairs/prompts"] = len(groups)
         record["pairs/count"] = sum(pair_count(len(item.sequences), loss_settings(cfg).pairs) for item, _ in groups)
         if groups:
-            record.update(train_round(model, groups, optimizer, guard, cfg, round_index, pad_id, device, amp_dtype))
-        trained = time.perf_counter()
-        record.update({"time/sample_s": sampled - start, "time/score_s": scored - sampled,
-                       "time/train_s": trained - scored, "time/round_s": trained - start})
-        state["round"] = round_index + 1
-        state["first"] = state["first"] or record
-        state["last"] = record
-        logger.log(state["round"], record)
-        progress.update(1)
-        progress.set_postfix(reward=f"{record['samples/reward']:.3f}", kl=f"{record['samples/kl']:.2f}",
-                             **({"gold": f"{record['samples/gold_score']:.3f}"} if scores["gold"] is not None else {}))
-        save_checkpoint(out_dir, state["round"], model, tokenizer, {"optimizer": optimizer},
-                        state, cfg.keep_last)
-    progress.close()
-    logger.close()
-    return save_final(out_dir, model, tokenizer, cfg, state, "online-dpo")
+            record.update(train_round(rounds, groups))
+        end_round(rounds, samples, kl=f"{record['samples/kl']:.2f}")
+    return finish(rounds, "online-dpo")

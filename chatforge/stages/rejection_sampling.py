@@ -27,18 +27,11 @@ from typing import Literal
 
 import torch
 
-from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, save_config, to_dict
+from chatforge.config import opt
 from chatforge.data.chat import TokenizedChat
 from chatforge.data.jsonl import write_jsonl
-from chatforge.guards import NonFiniteGuard
-from chatforge.metrics import MetricsLogger, progress_bar
-from chatforge.models.io import load_causal_lm
-from chatforge.optim import build_optimizer
-from chatforge.rollouts import (SamplingConfig, check_sampling_config, combined_scores, load_reward_model_into,
-                                normalisation, prepare, sample_metrics, sample_round, save_final, source_scores)
-from chatforge.runtime import start_run
-from chatforge.stages.ppo import step_prompts
+from chatforge.rollouts import (Rounds, SamplingConfig, check_sampling_config, end_round, finish, optimizer_step,
+                                sample_and_score, start_rounds)
 from chatforge.stages.sft import backward_step, make_rows
 
 
@@ -72,24 +65,22 @@ def kept_chat(prompt_ids: list[int], response_ids: list[int]) -> TokenizedChat:
     return TokenizedChat(prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids))
 
 
-def train_round(model, chats: list[TokenizedChat], optimizer, guard, cfg: Config, round_index: int, pad_id: int,
-                context: int, device, amp_dtype) -> dict:
+def train_round(rounds: Rounds, chats: list[TokenizedChat], context: int) -> dict:
     """`epochs` SFT passes over the round's kept samples; the mean loss per step and the training tokens/s."""
+    cfg, model, optimizer = rounds.cfg, rounds.model, rounds.optimizer
     rows = make_rows(chats, context, cfg.packing)
     losses, tokens, start = [], 0, time.perf_counter()
     model.train()
     for epoch in range(cfg.epochs):
         order = list(range(len(rows)))
-        random.Random(cfg.seed * 1_000_003 + round_index * 1000 + epoch).shuffle(order)
+        random.Random(cfg.seed * 1_000_003 + rounds.state["round"] * 1000 + epoch).shuffle(order)
         for first in range(0, len(order), cfg.batch_size):
             step_rows = [rows[i] for i in order[first:first + cfg.batch_size]]
-            loss, step_tokens = backward_step(model, step_rows, cfg.batch_size, pad_id, device, amp_dtype)
+            loss, step_tokens = backward_step(model, step_rows, cfg.batch_size, rounds.tokenizer.pad_token_id,
+                                              rounds.device, rounds.amp_dtype)
             tokens += step_tokens
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            if guard.step_ok(round_index, loss, grad_norm):  # a non-finite step is skipped, never applied
-                optimizer.step()
+            if optimizer_step(rounds, loss):
                 losses.append(loss)
-            optimizer.zero_grad(set_to_none=True)
     model.eval()
     return {"train/loss": sum(losses) / len(losses) if losses else float("nan"), "train/steps": len(losses),
             "train/tokens_per_s": tokens / max(time.perf_counter() - start, 1e-9)}
@@ -97,41 +88,15 @@ def train_round(model, chats: list[TokenizedChat], optimizer, guard, cfg: Config
 
 def run(cfg: Config) -> Path:
     """Fine-tune the policy on its own best samples, round after round; return the final policy folder."""
-    tokenizer, prompts, scorers = prepare(cfg, "rejection_sampling")  # every input checked: nothing written yet
-    out_dir, device, amp_dtype = start_run(cfg)
-    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
-    model = load_causal_lm(resume_from or cfg.policy, device=device).eval()
-    load_reward_model_into(scorers, cfg, device)
-    context = getattr(model.config, "max_position_embeddings", None) or 2048
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    state = {"round": 0, "reward_mean": None, "reward_std": None, "first": None, "last": None}
-    if resume_from is not None:
-        state.update(load_trainer_state(resume_from, {"optimizer": optimizer}))
-        print(f"rejection_sampling: resuming after round {state['round']} from {resume_from}")
-    save_config(cfg, out_dir / "config.yaml")
-    logger = MetricsLogger(out_dir, cfg.tensorboard, None, to_dict(cfg), state["round"])
-    print(f"rejection_sampling: {len(prompts)} prompts, {cfg.rounds} rounds x {cfg.prompts_per_round} prompts "
+    rounds = start_rounds(cfg, "rejection_sampling")  # every input checked before anything is written
+    context = getattr(rounds.model.config, "max_position_embeddings", None) or 2048
+    print(f"rejection_sampling: {len(rounds.prompts)} prompts, {cfg.rounds} rounds x {cfg.prompts_per_round} prompts "
           f"x {cfg.n} samples, keep {cfg.keep}")
-
-    progress = progress_bar(cfg.rounds, "rejection_sampling", state["round"])
-    guard = NonFiniteGuard("rejection_sampling", out_dir)
-    while state["round"] < cfg.rounds:
-        round_index = state["round"]
-        start = time.perf_counter()
-        round_prompts = step_prompts(prompts, round_index, cfg.prompts_per_round, cfg.seed)
-        result = sample_round(model, round_prompts, cfg.n, cfg, cfg.seed * 1_000_003 + round_index, tokenizer)
-        sampled = time.perf_counter()
-
-        sample_prompts = [prompt for prompt, _ in round_prompts for _ in range(cfg.n)]
-        scores = source_scores(cfg, scorers, sample_prompts, result, device, amp_dtype)
-        if state["reward_mean"] is None:  # the starting policy's samples set the scale, as PPO's SFT samples do
-            state["reward_mean"], state["reward_std"] = normalisation(cfg, scores["raw"])
-        combined = combined_scores(scores, cfg, state["reward_mean"], state["reward_std"])
-        picks = select_best(combined.view(len(round_prompts), cfg.n), cfg.keep)
+    while rounds.state["round"] < cfg.rounds:
+        samples = sample_and_score(rounds, cfg.n)
+        scores, combined, result, record = samples.scores, samples.combined, samples.result, samples.record
+        picks = select_best(combined.view(-1, cfg.n), cfg.keep)
         kept = [i * cfg.n + pick for i, pick in enumerate(picks) if pick is not None]
-        scored = time.perf_counter()
-
-        record = sample_metrics(scores, combined, result, sampled - start)
         record["kept/count"] = len(kept)
         if kept:
             record["kept/reward"] = scores["raw"][kept].mean().item()
@@ -139,25 +104,10 @@ def run(cfg: Config) -> Path:
             if scores["gold"] is not None:
                 record["kept/gold_score"] = scores["gold"][kept].mean().item()
             chats = [kept_chat(result.prompt_ids[i], result.response_ids[i]) for i in kept]
-            record.update(train_round(model, chats, optimizer, guard, cfg, round_index, tokenizer.pad_token_id,
-                                      context, device, amp_dtype))
-        trained = time.perf_counter()
-        record.update({"time/sample_s": sampled - start, "time/score_s": scored - sampled,
-                       "time/train_s": trained - scored, "time/round_s": trained - start})
-        write_jsonl(out_dir / "rounds" / f"round_{round_index + 1}.jsonl", [
-            {"prompt": sample_prompts[i], "response": result.texts[i], "score": combined[i].item(),
+            record.update(train_round(rounds, chats, context))
+        write_jsonl(rounds.out_dir / "rounds" / f"round_{rounds.state['round'] + 1}.jsonl", [
+            {"prompt": samples.prompts[i], "response": result.texts[i], "score": combined[i].item(),
              "reward": scores["raw"][i].item(),
              **({"gold_score": scores["gold"][i].item()} if scores["gold"] is not None else {})} for i in kept])
-        state["round"] = round_index + 1
-        state["first"] = state["first"] or record
-        state["last"] = record
-        logger.log(state["round"], record)
-        progress.update(1)
-        progress.set_postfix(reward=f"{record['samples/reward']:.3f}", kept=len(kept),
-                             **({"gold": f"{record['samples/gold_score']:.3f}"} if scores["gold"] is not None else {}))
-        save_checkpoint(out_dir, state["round"], model, tokenizer, {"optimizer": optimizer},
-                        state, cfg.keep_last)
-    progress.close()
-    logger.close()
-    return save_final(out_dir, model, tokenizer, cfg, state, "rejection-sampling")
-
+        end_round(rounds, samples, kept=len(kept))
+    return finish(rounds, "rejection-sampling")
