@@ -93,12 +93,17 @@ class Config:
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
         check_comparison_run(self, "dpo")
-        if not self.beta > 0:
-            raise ChatforgeError(f"dpo: field 'beta' must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ChatforgeError(f"dpo: field 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ChatforgeError("dpo: field 'label_smoothing' applies to loss_type=sigmoid only")
+        check_loss_fields(self, "dpo")
+
+
+def check_loss_fields(cfg, stage: str) -> None:
+    """The DPO loss's fields: beta > 0, label_smoothing in [0, 0.5) and only with loss_type sigmoid."""
+    if not cfg.beta > 0:
+        raise ChatforgeError(f"{stage}: field 'beta' must be > 0, got {cfg.beta}")
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ChatforgeError(f"{stage}: field 'label_smoothing' must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.label_smoothing and cfg.loss_type != "sigmoid":
+        raise ChatforgeError(f"{stage}: field 'label_smoothing' applies to loss_type=sigmoid only")
 
 
 def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor,

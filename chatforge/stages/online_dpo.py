@@ -37,7 +37,7 @@ from chatforge.models.io import check_model_dir, check_same_tokenizer, load_caus
 from chatforge.reward_fn import as_messages
 from chatforge.rollouts import (Rounds, SamplingConfig, check_sampling_config, end_round, finish, optimizer_step,
                                 sample_and_score, start_rounds)
-from chatforge.stages.dpo import batch_logprobs, pair_count, pair_loss
+from chatforge.stages.dpo import batch_logprobs, check_loss_fields, pair_count, pair_loss
 from chatforge.stages.rm import EncodedComparison
 
 
@@ -63,12 +63,7 @@ class Config(SamplingConfig):
             raise ChatforgeError(f"online_dpo: field 'k' must be >= 2 (a pair needs two samples), got {self.k}")
         if self.reference:
             check_model_dir(self.reference)
-        if not self.beta > 0:
-            raise ChatforgeError(f"online_dpo: field 'beta' must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ChatforgeError(f"online_dpo: field 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ChatforgeError("online_dpo: field 'label_smoothing' applies to loss_type=sigmoid only")
+        check_loss_fields(self, "online_dpo")
 
 
 def ranked_group(scores: list[float], pairs: str) -> list[int]:
