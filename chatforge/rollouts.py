@@ -63,7 +63,7 @@ class SamplingConfig:
     long_prompts: Literal["error", "drop"] = opt(
         "error", "a prompt with no room for max_new_tokens in the context: stop with an error, or drop it")
     missing_eos_penalty: float = opt(1.0, "subtracted from the (normalised) score of a response that never ended")
-    generation_batch: int = opt(64, "responses decoded together (memory; results do not depend on it)")
+    generation_batch: int = opt(64, "responses decoded together (memory; another value draws other samples)")
     learning_rate: float = opt(1e-5, "learning rate (constant; one AdamW over all rounds)")
     weight_decay: float = opt(0.0, "AdamW weight decay on matrices")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")

@@ -21,7 +21,7 @@ def config(world_dir, base, out_dir, **overrides) -> rs.Config:
     # that ends in '.' (no cut-off penalty) or a refusal-free empty answer to a harmful prompt scores better
     fields = dict(policy=str(base), prompts=str(world_dir / "prompts" / "rl.jsonl"), reward_source="gold",
                   gold_world=str(world_dir), out_dir=str(out_dir), rounds=5, prompts_per_round=40, n=8,
-                  max_new_tokens=16, missing_eos_penalty=0.0, keep="above_mean", epochs=2, batch_size=8,
+                  max_new_tokens=8, missing_eos_penalty=0.0, keep="above_mean", epochs=2, batch_size=8,
                   learning_rate=1e-2, device="cpu", num_threads=1, tensorboard=False)
     cfg = rs.Config(**{**fields, **overrides})
     cfg.validate()
@@ -41,7 +41,7 @@ def test_rejection_sampling_raises_the_gold_score(tiny_world_base, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
     assert ROUND_KEYS <= set(metrics[0]), ROUND_KEYS - set(metrics[0])
     gold = [m["samples/gold_score"] for m in metrics]  # all 40 prompts each round: the rounds compare
-    assert gold[-1] > gold[0] + 0.05, gold  # seeds 0, 1 on the tiny world: -0.52 -> -0.45, -0.53 -> -0.40
+    assert gold[-1] > gold[0] + 0.05, gold  # seeds 0-2 on the tiny world: -0.49 -> -0.34, -0.50 -> -0.34, -0.49 -> -0.38
     assert all(m["kept/gold_score"] > m["samples/gold_score"] for m in metrics)
     AutoModelForCausalLM.from_pretrained(final)
     assert "chat_template" in json.loads((final / "tokenizer_config.json").read_text()) or \
