@@ -145,13 +145,21 @@ def reference_logprobs(model_dir, items: list[EncodedComparison], pad_id: int, d
                        batch_prompts: int) -> list[torch.Tensor]:
     """The reference model's summed log-probs of each comparison's responses, (K,) per comparison, on the CPU."""
     reference = load_causal_lm(model_dir).to(device).eval()
-    cache = []
-    for start in range(0, len(items), batch_prompts):
-        batch = items[start:start + batch_prompts]
-        sums, _ = batch_logprobs(reference, batch, pad_id, device, amp_dtype)
-        cache += list(sums.cpu().split([len(item.sequences) for item in batch]))
+    cache = summed_logprobs(reference, items, pad_id, device, amp_dtype, batch_prompts)
     del reference
     return cache
+
+
+@torch.no_grad()
+def summed_logprobs(model, items: list[EncodedComparison], pad_id: int, device, amp_dtype,
+                    batch_prompts: int) -> list[torch.Tensor]:
+    """`model`'s summed log-probs of each comparison's responses, (K,) per comparison, on the CPU."""
+    sums = []
+    for start in range(0, len(items), batch_prompts):
+        batch = items[start:start + batch_prompts]
+        batch_sums, _ = batch_logprobs(model, batch, pad_id, device, amp_dtype)
+        sums += list(batch_sums.cpu().split([len(item.sequences) for item in batch]))
+    return sums
 
 
 def pair_loss(cfg: Config, policy: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor,

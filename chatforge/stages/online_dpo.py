@@ -37,7 +37,7 @@ from chatforge.models.io import check_model_dir, check_same_tokenizer, load_caus
 from chatforge.reward_fn import as_messages
 from chatforge.rollouts import (Rounds, SamplingConfig, check_sampling_config, end_round, finish, optimizer_step,
                                 sample_and_score, start_rounds)
-from chatforge.stages.dpo import batch_logprobs, check_loss_fields, pair_count, pair_loss
+from chatforge.stages.dpo import batch_logprobs, check_loss_fields, pair_count, pair_loss, summed_logprobs
 from chatforge.stages.rm import EncodedComparison
 
 
@@ -99,18 +99,6 @@ def sample_items(prompts: list, result, k: int) -> list[EncodedComparison]:
                                        Comparison(as_messages(prompt), [result.texts[i] for i in rows], None, ""),
                                        len(result.prompt_ids[p * k])))
     return items
-
-
-@torch.no_grad()
-def summed_logprobs(model, items: list[EncodedComparison], pad_id: int, device, amp_dtype,
-                    batch: int) -> list[torch.Tensor]:
-    """Each item's samples' summed response log-probs under `model`, (k,) per item, on the CPU."""
-    out = []
-    for start in range(0, len(items), batch):
-        part = items[start:start + batch]
-        sums, _ = batch_logprobs(model, part, pad_id, device, amp_dtype)
-        out += list(sums.float().cpu().split([len(item.sequences) for item in part]))
-    return out
 
 
 def train_round(rounds: Rounds, groups: list) -> dict:
