@@ -22,6 +22,10 @@ COMMANDS = {
     "rm": ("chatforge.stages.rm", "train a reward model on ranked comparisons (K-wise ranking loss)"),
     "dpo": ("chatforge.stages.dpo", "direct preference optimisation of the policy on ranked comparisons, no reward model"),
     "ppo": ("chatforge.stages.ppo", "RLHF: PPO(-ptx) of the policy against a reward model, with a critic and a KL penalty"),
+    "rejection_sampling": ("chatforge.stages.rejection_sampling",
+                           "rejection-sampling fine-tuning: SFT on the best of n policy samples, round after round"),
+    "online_dpo": ("chatforge.stages.online_dpo", "online DPO: DPO on ranked pairs of the current policy's samples, "
+                                                  "round after round"),
     "iterate": ("chatforge.stages.iterate", "iterated RLHF: sample the policy, rank, retrain the RM, PPO again; N rounds"),
     "generate": ("chatforge.stages.generate", "sample from any causal-LM folder (greedy, beam, sampling)"),
     "chat": ("chatforge.stages.chat", "chat with a model in the terminal (multi-turn, streamed replies)"),
@@ -35,7 +39,8 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: chatforge COMMAND [--config FILE] [key=value ...] [--key value ...]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name:<{width}} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "`chatforge COMMAND --help` lists the command's config fields."]
     return "\n".join(lines)
 

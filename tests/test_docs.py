@@ -73,7 +73,7 @@ def test_readme_is_short():
 def test_readme_lists_every_command():
     from chatforge.cli import COMMANDS
 
-    table = {m.group(1) for m in re.finditer(r"^\| `([a-z-]+)` \|", README.read_text(encoding="utf-8"), re.M)}
+    table = {m.group(1) for m in re.finditer(r"^\| `([a-z_-]+)` \|", README.read_text(encoding="utf-8"), re.M)}
     missing = sorted(set(COMMANDS) - table)
     assert not missing, f"README.md's command table lacks: {missing}"
 

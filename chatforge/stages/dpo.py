@@ -93,12 +93,17 @@ class Config:
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
         check_comparison_run(self, "dpo")
-        if not self.beta > 0:
-            raise ChatforgeError(f"dpo: field 'beta' must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ChatforgeError(f"dpo: field 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ChatforgeError("dpo: field 'label_smoothing' applies to loss_type=sigmoid only")
+        check_loss_fields(self, "dpo")
+
+
+def check_loss_fields(cfg, stage: str) -> None:
+    """The DPO loss's fields: beta > 0, label_smoothing in [0, 0.5) and only with loss_type sigmoid."""
+    if not cfg.beta > 0:
+        raise ChatforgeError(f"{stage}: field 'beta' must be > 0, got {cfg.beta}")
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ChatforgeError(f"{stage}: field 'label_smoothing' must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.label_smoothing and cfg.loss_type != "sigmoid":
+        raise ChatforgeError(f"{stage}: field 'label_smoothing' applies to loss_type=sigmoid only")
 
 
 def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor,
@@ -140,13 +145,21 @@ def reference_logprobs(model_dir, items: list[EncodedComparison], pad_id: int, d
                        batch_prompts: int) -> list[torch.Tensor]:
     """The reference model's summed log-probs of each comparison's responses, (K,) per comparison, on the CPU."""
     reference = load_causal_lm(model_dir).to(device).eval()
-    cache = []
-    for start in range(0, len(items), batch_prompts):
-        batch = items[start:start + batch_prompts]
-        sums, _ = batch_logprobs(reference, batch, pad_id, device, amp_dtype)
-        cache += list(sums.cpu().split([len(item.sequences) for item in batch]))
+    cache = summed_logprobs(reference, items, pad_id, device, amp_dtype, batch_prompts)
     del reference
     return cache
+
+
+@torch.no_grad()
+def summed_logprobs(model, items: list[EncodedComparison], pad_id: int, device, amp_dtype,
+                    batch_prompts: int) -> list[torch.Tensor]:
+    """`model`'s summed log-probs of each comparison's responses, (K,) per comparison, on the CPU."""
+    sums = []
+    for start in range(0, len(items), batch_prompts):
+        batch = items[start:start + batch_prompts]
+        batch_sums, _ = batch_logprobs(model, batch, pad_id, device, amp_dtype)
+        sums += list(batch_sums.cpu().split([len(item.sequences) for item in batch]))
+    return sums
 
 
 def pair_loss(cfg: Config, policy: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor,

@@ -165,6 +165,26 @@ def batch_loss(model, batch: dict, device) -> torch.Tensor:
     return token_cross_entropy(logits, batch["labels"].to(device))
 
 
+def backward_step(trained, step_rows: list[list[TokenizedChat]], batch_size: int, pad_id: int, device,
+                  amp_dtype) -> tuple[float, int]:
+    """Accumulate the gradient of one optimizer step's rows, in micro-batches of batch_size; return (the step's
+    mean loss per assistant token, the same on every rank; the rows' tokens, padding not counted)."""
+    step_loss, tokens = 0.0, 0
+    micro_batches = [step_rows[i:i + batch_size] for i in range(0, len(step_rows), batch_size)]
+    for micro, rows in enumerate(micro_batches):
+        # under torchrun each rank takes its share of the micro-batch, its loss weighted so that the
+        # ranks' average is the mean over all the micro-batch's assistant tokens
+        my_rows, weight = dist.share(rows, count=assistant_tokens)
+        batch = collate(my_rows, pad_id)
+        with dist.accumulating(trained, last=micro == len(micro_batches) - 1):
+            with autocast(device, amp_dtype):
+                loss = batch_loss(trained, batch, device) * weight / len(micro_batches)
+            loss.backward()
+        step_loss += loss.item()
+        tokens += sum(len(chat.input_ids) for row in rows for chat in row)
+    return dist.all_reduce_mean(step_loss), tokens
+
+
 @torch.no_grad()
 def validation_loss(model, rows, batch_size: int, pad_id: int, device, amp_dtype) -> float:
     """Mean loss per assistant token over the validation chats."""
@@ -253,20 +273,8 @@ def run(cfg: Config) -> Path:
         for first in range(state["epoch_rows"], len(order), per_step):
             state["epoch_rows"] = first + per_step
             step_rows = [train_rows[i] for i in order[first:first + per_step]]
-            step_loss = 0.0
-            micro_batches = [step_rows[i:i + cfg.batch_size] for i in range(0, len(step_rows), cfg.batch_size)]
-            for micro, rows in enumerate(micro_batches):
-                # under torchrun each rank takes its share of the micro-batch, its loss weighted so that the
-                # ranks' average is the mean over all the micro-batch's assistant tokens
-                my_rows, weight = dist.share(rows, count=assistant_tokens)
-                batch = collate(my_rows, pad_id)
-                with dist.accumulating(trained, last=micro == len(micro_batches) - 1):
-                    with autocast(device, amp_dtype):
-                        loss = batch_loss(trained, batch, device) * weight / len(micro_batches)
-                    loss.backward()
-                step_loss += loss.item()
-                window_tokens += sum(len(chat.input_ids) for row in rows for chat in row)  # padding not counted
-            step_loss = dist.all_reduce_mean(step_loss)  # the whole step's loss, the same number on every rank
+            step_loss, tokens = backward_step(trained, step_rows, cfg.batch_size, pad_id, device, amp_dtype)
+            window_tokens += tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not guard.step_ok(state["step"], step_loss, grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison the weights
