@@ -265,12 +265,12 @@ def run(cfg: Config) -> Path:
     cfg = effective(cfg)
     start = time.time()
     set_threads(cfg.num_threads)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     for method in cfg.methods:  # a typo in a method's overrides fails now, before hours of training
         if method not in ("sft", "best_of_n"):
             load_config(*_config_source(cfg, method), validate=False)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
     shared = shared_chain(cfg, out_dir)
     gold = GoldJudge(shared.world)
     prompts = [row["prompt"] for row in read_jsonl(shared.eval_prompts)][:cfg.eval_prompts]
