@@ -32,6 +32,8 @@ COMMANDS = {
     "serve": ("chatforge.stages.serve", "serve a chat model: OpenAI-compatible /v1/chat/completions and a chat page"),
     "eval": ("chatforge.stages.evaluate", "compare a checkpoint with a baseline: win rate, reward, KL, perplexity, best-of-n"),
     "label": ("chatforge.stages.label", "labeling web app for human feedback: label serve | create-job | add-labeler | export"),
+    "compare": ("chatforge.compare", "every method (PPO, GRPO, RLOO, DPO, ...) from one SFT model, gold-judged: "
+                                     "leaderboard.{json,md}"),
     "demo": ("chatforge.demo", "the built-in end-to-end run on CPU -> runs/demo/report.{md,json} "
                                "(report_only=true: only the report, of a chain run by commands)"),
 }

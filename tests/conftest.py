@@ -1,10 +1,12 @@
 """Shared fixtures: small corpora and a tokenizer trained on them (no hub downloads)."""
 
+import contextlib
 import random
 
 import pytest
 
 from chatforge.data.jsonl import write_jsonl
+from small_world import SMALL, SMALL_DEMO, THREADS
 
 WORDS = ("the cat sat on a mat and ran to the big red house where a dog lived with two birds "
          "Borin lives in Trask and works as a baker").split()
@@ -78,3 +80,17 @@ def tiny_chat_model_dir(tmp_path_factory):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96, tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     return save_hf_folder(model, tokenizer, tmp_path_factory.mktemp("chat_model") / "model")
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """The demo on the shrunken world, with the weak-KL and oracle runs: (run folder, exit code, stdout)."""
+    run_dir = tmp_path_factory.mktemp("small") / "demo"
+    argv = [f"{stage}.{item}" for stage, items in SMALL.items() for item in items]
+    argv += SMALL_DEMO + ["weak_kl_coef=0.05", "weak_kl_steps=3", "oracle_run=true", f"num_threads={THREADS}"]
+    from chatforge.cli import main
+
+    capture = tmp_path_factory.mktemp("small_log") / "stdout.txt"
+    with capture.open("w") as out, contextlib.redirect_stdout(out):
+        code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *argv])
+    return run_dir, code, capture.read_text()

@@ -1,6 +1,5 @@
 """The end-to-end demo on a shrunken world: every stage runs and the scoreboard has its keys."""
 
-import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from chatforge import demo, environment
 from chatforge.cli import main
 from chatforge.config import load_config
 from chatforge.errors import ChatforgeError
+from small_world import REPO, SMALL, SMALL_DEMO, THREADS
 
 REQUIRED_KEYS = ("wall_seconds", "unigram_loss", "base_val_loss", "base_fact_accuracy", "labeler_agreement",
                  "rm_val_accuracy", "base_gold_score", "sft_gold_score", "ppo_gold_score", "ppo_ptx_gold_score",
@@ -27,33 +27,6 @@ INTERVAL_KEYS = ("ppo_ptx_winrate_vs_sft_ci95", "ppo_ptx_winrate_vs_sft_greedy_c
                  "oracle_winrate_vs_sft_ci95", "base_gold_score_ci95", "sft_gold_score_ci95", "ppo_gold_score_ci95",
                  "ppo_ptx_gold_score_ci95", "bon_gold_score_ci95", "sft_sampled_gold_score_ci95",
                  "ppo_ptx_sampled_gold_score_ci95")
-
-
-# the shrunken world: every stage of the chain in a few minutes; per stage, its overrides
-SMALL = {"world": ["n_people=8", "n_towns=4", "train_docs=600", "val_docs=40", "train_demos=200", "val_demos=20",
-                   "rl_prompts=60", "eval_prompts=40", "calibration_prompts=40"],
-         "tokenizer": ["vocab_size=512"],
-         "pretrain": ["max_steps=40", "eval_every=20", "save_every=20", "batch_size=8", "seq_len=128"],
-         "sft": ["epochs=2", "max_len=128"], "rank": ["max_prompts=60"], "rm": ["max_len=128"],
-         "ppo": ["steps=3", "rollout_batch=8", "minibatch_size=4", "ptx_seq_len=64"],
-         "eval": ["samples_per_prompt=1", "ppl_tokens=1024"]}
-SMALL_DEMO = ["eval_prompts=20", "select_prompts=20", "best_of_n=2"]  # the demo's own keys
-# one torch thread in the demo (earlier tests may have set another count in this process) and in every command of
-# the pipeline: a sum over a different number of threads can change the last digits of a number
-THREADS = 1
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    """The demo on the shrunken world, with the weak-KL and oracle runs: (run folder, exit code, stdout)."""
-    run_dir = tmp_path_factory.mktemp("small") / "demo"
-    argv = [f"{stage}.{item}" for stage, items in SMALL.items() for item in items]
-    argv += SMALL_DEMO + ["weak_kl_coef=0.05", "weak_kl_steps=3", "oracle_run=true", f"num_threads={THREADS}"]
-    capture = tmp_path_factory.mktemp("small_log") / "stdout.txt"
-    with capture.open("w") as out, contextlib.redirect_stdout(out):
-        code = main(["demo", "--config", "configs/demo.yaml", f"run_dir={run_dir}", *argv])
-    return run_dir, code, capture.read_text()
 
 
 @pytest.mark.slow
