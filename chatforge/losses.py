@@ -151,6 +151,12 @@ def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) 
     return (returns - baseline).reshape(-1, 1) * mask
 
 
+def group_centered(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean of its group's, (n,): REINFORCE++-baseline's per-prompt baseline."""
+    groups = scores.view(-1, group_size)
+    return (groups - groups.mean(1, keepdim=True)).reshape(-1)
+
+
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """REINFORCE++'s (Hu 2025) per-token return G_t = r_t + gamma * G_{t+1}, zero after a row's last token;
     the stage then whitens it over every token of the global batch. (batch, R)."""

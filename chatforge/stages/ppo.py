@@ -55,8 +55,8 @@ from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
 from chatforge.guards import NonFiniteGuard
-from chatforge.losses import (adaptive_kl_coef, gae, grpo_advantages, k3_kl, kl_penalized_rewards, masked_mean,
-                              policy_loss, returns_to_go, rloo_advantages, token_cross_entropy, value_loss)
+from chatforge.losses import (adaptive_kl_coef, gae, group_centered, grpo_advantages, k3_kl, kl_penalized_rewards,
+                              masked_mean, policy_loss, returns_to_go, rloo_advantages, token_cross_entropy, value_loss)
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
@@ -280,6 +280,14 @@ def combined_scores(model_scores: torch.Tensor | None, fn_scores: torch.Tensor |
     return scores - cfg.missing_eos_penalty * (1.0 - finished)
 
 
+def step_scores(cfg: Config, scores: torch.Tensor) -> torch.Tensor:
+    """The scores the rewards are built from: REINFORCE++ with groups (group_size >= 2) subtracts each group's mean
+    (REINFORCE++-baseline), so a prompt's difficulty does not count; the other algorithms take them as they are."""
+    if cfg.algorithm == "reinforce_pp" and cfg.responses_per_prompt > 1:
+        return group_centered(scores, cfg.responses_per_prompt)
+    return scores
+
+
 def step_advantages(cfg: Config, rewards: torch.Tensor, old_values: torch.Tensor | None,
                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(advantages, the critic's returns or None) of a step's per-token rewards, (batch, R); rows come in groups of
@@ -360,7 +368,8 @@ def run(cfg: Config) -> Path:
             enable_gradient_checkpointing(model, in_eval_mode=True)
     # what the minibatches train through: DDP under torchrun (gradients averaged over ranks), else the models
     train_actor = dist.wrap(actor)
-    critic_values = None if critic is None else dist.wrap(critic, forward=response_values)  # (ids, mask, prompt_width) -> (batch, R)
+    # (ids, mask, prompt_width) -> (batch, R)
+    critic_values = None if critic is None else dist.wrap(critic, forward=response_values)
     if dist.is_main():
         save_config(cfg, out_dir / "config.yaml")
 
@@ -432,7 +441,7 @@ def run(cfg: Config) -> Path:
         raw_scores = fn_scores if model_scores is None else model_scores  # the reward source's own scores
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
         scores = combined_scores(model_scores, fn_scores, finished, cfg, state["reward_mean"], state["reward_std"])
-        rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores,
+        rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, step_scores(cfg, scores),
                                            0.0 if cfg.kl_in_loss else state["kl_coef"])
         advantages, returns = step_advantages(cfg, rewards, old_values, mask)
         rollout_batch.update(old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, advantages=advantages,
@@ -531,13 +540,15 @@ def run(cfg: Config) -> Path:
     logger.close()
 
     final = out_dir / "final"
-    summary = {"algorithm": cfg.algorithm, "group_size": group_size, "steps": state["step"], "reward_mean_sft": state["reward_mean"], "reward_std_sft": state["reward_std"],
+    summary = {"algorithm": cfg.algorithm, "group_size": group_size, "steps": state["step"],
+               "reward_mean_sft": state["reward_mean"], "reward_std_sft": state["reward_std"],
                "kl_coef": state["kl_coef"], "first": state["first"], "last": state["last"]}
     if dist.is_main():
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     last_rollout = {key: value for key, value in (state["last"] or {}).items()  # the last step's
                     if key.startswith("rollout/") and key not in ("rollout/tokens", "rollout/tokens_per_s")}
-    card = model_card(cfg.algorithm.replace("_", "-") + ("-ptx" if cfg.ptx_coef > 0 else ""), tokenizer, base_model=cfg.policy,
+    name = cfg.algorithm.replace("_", "-") + ("-ptx" if cfg.ptx_coef > 0 else "")  # ppo-ptx, grpo, ...
+    card = model_card(name, tokenizer, base_model=cfg.policy,
                       data=[cfg.prompts, *(cfg.pretrain_data if cfg.ptx_coef > 0 else [])], folder=str(final),
                       metrics={"steps": state["step"], **last_rollout})
     dist.on_main(save_hf_folder, plain_model(actor), tokenizer, final, card=card)
