@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, grpo_advantages, k3_kl, kl_penalized_rewards,
+from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, group_centered, grpo_advantages, k3_kl, kl_penalized_rewards,
                               policy_loss, returns_to_go, rloo_advantages, value_loss, whiten, IGNORE_INDEX,
                               masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy)
 
@@ -172,6 +172,11 @@ def test_rloo_advantages_subtract_the_others_mean_by_hand():
     # group 2: 0 - (0 + 6) / 2 = -3 (twice), 6 - 0 = 6
     per_response = torch.tensor([-1.5, 0.0, 1.5, -3.0, -3.0, 6.0])
     assert torch.allclose(advantages, per_response[:, None] * GROUP_MASK)
+
+
+def test_group_centered_subtracts_each_groups_mean():
+    # groups (1, 2, 6) and (0, 0, 3): means 3 and 1
+    assert group_centered(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3).tolist() == [-2.0, -1.0, 3.0, -1.0, -1.0, 2.0]
 
 
 def test_reinforce_pp_returns_to_go_then_whitened_by_hand():

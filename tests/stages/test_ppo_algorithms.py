@@ -153,3 +153,12 @@ def test_the_docs_list_the_algorithm_fields():
     for field in ("algorithm", "group_size", "kl_in"):
         assert f"| `{field}` |" in help_block, field
     assert "## Critic-free algorithms" in text
+
+
+def test_grpo_tiny_config_reads_the_demo_run():
+    from chatforge.config import load_config
+
+    cfg = load_config(ppo.Config, DOCS.parents[1] / "configs" / "grpo_tiny.yaml", validate=False)
+    assert cfg.policy == "runs/demo/sft/best" and cfg.reward_model == "runs/demo/rm/final"
+    assert cfg.algorithm == "grpo" and cfg.responses_per_prompt == 8 and cfg.kl_in_loss
+    cfg.validate_algorithm()
