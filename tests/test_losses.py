@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, group_centered, grpo_advantages, k3_kl, kl_penalized_rewards,
-                              policy_loss, returns_to_go, rloo_advantages, value_loss, whiten, IGNORE_INDEX,
-                              masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy)
+from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, group_centered, grpo_advantages, k3_kl,
+                              kl_penalized_rewards, policy_loss, returns_to_go, rloo_advantages, value_loss, whiten,
+                              IGNORE_INDEX, masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy)
 
 
 def nll_sigmoid(x):
@@ -176,7 +176,8 @@ def test_rloo_advantages_subtract_the_others_mean_by_hand():
 
 def test_group_centered_subtracts_each_groups_mean():
     # groups (1, 2, 6) and (0, 0, 3): means 3 and 1
-    assert group_centered(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3).tolist() == [-2.0, -1.0, 3.0, -1.0, -1.0, 2.0]
+    centered = group_centered(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3)
+    assert centered.tolist() == [-2.0, -1.0, 3.0, -1.0, -1.0, 2.0]
 
 
 def test_reinforce_pp_returns_to_go_then_whitened_by_hand():
