@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from chatforge.cli import main
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import read_prompts
+from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
 from chatforge.losses import kl_penalized_rewards
@@ -120,6 +121,28 @@ def test_reinforce_pp_with_groups_subtracts_the_group_mean():
     assert plain.responses_per_prompt == 1 and torch.equal(ppo.step_scores(plain, scores), scores)
     grouped = ppo.Config(algorithm="reinforce_pp", group_size=2)
     assert ppo.step_scores(grouped, scores).tolist() == [-1.0, 1.0, -2.0, 2.0]
+
+
+def test_groups_stay_whole_on_each_rank(monkeypatch):
+    """Under torchrun the step's prompts are split over the ranks before each is repeated group_size times: every
+    rank holds whole groups, the ranks together the step's rollout_batch / group_size prompts."""
+    from chatforge import distributed as dist
+
+    prompts = [(f"p{i}", [i]) for i in range(10)]
+    cfg = ppo.Config(algorithm="grpo", group_size=3, rollout_batch=12, seed=0)
+    step = [prompt for prompt, _ in ppo.step_prompts(prompts, 1, 4, 0)]
+    assert [prompt for prompt, _ in ppo.rank_step_prompts(prompts, 1, cfg)] == [p for p in step for _ in range(3)]
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "rank", lambda rank=rank: rank)
+        shares.append([prompt for prompt, _ in ppo.rank_step_prompts(prompts, 1, cfg)])
+    assert shares == [[step[0]] * 3 + [step[2]] * 3, [step[1]] * 3 + [step[3]] * 3]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ChatforgeError, match=r"rollout_batch / group_size = 3 prompts a step must be a multiple of "
+                                             r"the 2 torchrun processes"):
+        ppo.Config(algorithm="grpo", group_size=4, rollout_batch=12).validate_algorithm()
 
 
 def test_algorithm_defaults():
