@@ -5,10 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from chatforge.cli import main
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import read_prompts
 from chatforge.errors import ChatforgeError
@@ -19,7 +17,7 @@ from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.stages import ppo
-from test_ppo import ppo_config, reward_model_dir, run_cli  # noqa: F401  (reward_model_dir: the RM fixture)
+from test_ppo import assert_resume_matches, ppo_config, reward_model_dir, run_cli  # noqa: F401 (the RM fixture)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "ppo.md"
 
@@ -66,16 +64,8 @@ def test_grpo_resume_gives_the_same_run(tiny_world_base, tmp_path):
     (GRPO with its KL in the loss and the ptx loss: every state a critic-free run carries)."""
     world_dir, base = tiny_world_base
     fields = dict(algorithm="grpo", group_size=4, reward_source="gold")
-    whole = ppo.run(ppo_config(world_dir, base, "", tmp_path / "whole", **fields))
-    ppo.run(ppo_config(world_dir, base, "", tmp_path / "cut", steps=2, **fields))
-    resumed = ppo.run(ppo_config(world_dir, base, "", tmp_path / "cut", **fields))
-    for key in ("rollout/reward", "train/policy_loss", "train/kl_loss", "train/ptx_loss"):
-        expected = [m[key] for m in read_metrics(tmp_path / "whole")]
-        got = [m[key] for m in read_metrics(tmp_path / "cut")]
-        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), key
-    weights, resumed_weights = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
-    for name, tensor in weights.items():
-        torch.testing.assert_close(resumed_weights[name], tensor, rtol=1e-5, atol=1e-6)
+    assert_resume_matches(lambda out, **more: ppo.run(ppo_config(world_dir, base, "", out, **fields, **more)),
+                          tmp_path, ("rollout/reward", "train/policy_loss", "train/kl_loss", "train/ptx_loss"))
 
 
 def test_rloo_with_lora_and_the_reward_model(tiny_world_base, reward_model_dir, tmp_path):
