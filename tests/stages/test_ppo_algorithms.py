@@ -35,14 +35,16 @@ def sampled_gold(world_dir, model_dir, max_new_tokens: int) -> float:
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp"])
 def test_critic_free_algorithms_raise_the_gold_score(tiny_world_base, tmp_path, algorithm):
-    """With reward_source gold the gold judge is the reward: its score must rise over the starting policy's.
-    On this barely pretrained model what can be learnt is to end answers (the judge's cut-off penalty; an empty
-    answer also beats complying with a harmful request): 20 steps of 16 rewards lift it by 0.15-0.2 (seeds 0-3);
-    the same run with no reward model folder at all, since no critic is loaded."""
+    """With reward_source gold the gold judge is the reward: its score must rise over the starting policy's
+    (the same 160 samples drawn from each). On this barely pretrained model what can be learnt is to end answers
+    (the judge's cut-off penalty; an empty answer also beats complying with a harmful request): with these
+    settings the sampled gold score rose by 0.13-0.29 on every seed tried (GRPO 0-3 and 6, RLOO 0-1,
+    REINFORCE++ with groups 0-2), where lr 5e-3 left two GRPO seeds of eight flat. No reward model folder at
+    all: with the gold judge scoring and no critic, none is loaded."""
     world_dir, base = tiny_world_base
     out = tmp_path / algorithm
     final = ppo.run(ppo_config(world_dir, base, "", out, algorithm=algorithm, group_size=4, reward_source="gold",
-                               steps=20, rollout_batch=16, minibatch_size=8, ppo_epochs=2, learning_rate=5e-3,
+                               steps=20, rollout_batch=16, minibatch_size=8, ppo_epochs=2, learning_rate=8e-3,
                                kl_coef=0.01, ptx_coef=0.0, save_every=0))
     start, trained = sampled_gold(world_dir, base, 12), sampled_gold(world_dir, final, 12)
     assert trained > start + 0.1, (start, trained)
