@@ -260,6 +260,13 @@ def require_positive(cfg, stage: str, names: tuple[str, ...]) -> None:
             raise ChatforgeError(f"{stage}: field '{name}' must be >= 1, got {getattr(cfg, name)}")
 
 
+def require_above_zero(cfg, stage: str, names: tuple[str, ...]) -> None:
+    """Raise a ChatforgeError naming the first of `names` (real numbers, e.g. a temperature) that is not > 0."""
+    for name in names:
+        if not getattr(cfg, name) > 0:
+            raise ChatforgeError(f"{stage}: field '{name}' must be > 0, got {getattr(cfg, name)}")
+
+
 def config_help(cls) -> str:
     """One line per field: name, type, default, help."""
     hints = typing.get_type_hints(cls)

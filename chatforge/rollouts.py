@@ -21,7 +21,7 @@ import torch
 
 from chatforge import distributed as dist
 from chatforge.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, require_positive, save_config, to_dict
+from chatforge.config import opt, require_above_zero, require_positive, save_config, to_dict
 from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import GenerationResult, SamplingParams, generate
@@ -96,9 +96,7 @@ def check_sampling_config(cfg: SamplingConfig, stage: str, positive: tuple[str, 
     if cfg.reward_source == "fn" and not cfg.reward_fn:
         raise ChatforgeError(f"{stage}: reward_source 'fn' needs field 'reward_fn' ('package.module:function')")
     require_positive(cfg, stage, ("rounds", "prompts_per_round", "max_new_tokens", "generation_batch") + positive)
-    for name in ("temperature", "learning_rate"):
-        if not getattr(cfg, name) > 0:
-            raise ChatforgeError(f"{stage}: field '{name}' must be > 0, got {getattr(cfg, name)}")
+    require_above_zero(cfg, stage, ("temperature", "learning_rate"))
 
 
 @dataclass

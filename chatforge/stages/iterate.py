@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from chatforge.config import load_config, opt, require_positive, save_config
+from chatforge.config import load_config, opt, require_above_zero, require_positive, save_config
 from chatforge.data.formats import data_files, read_comparisons, read_prompts
 from chatforge.data.jsonl import read_jsonl, write_jsonl
 from chatforge.errors import ChatforgeError
@@ -116,7 +116,8 @@ class Config:
                                  "`chatforge world`")
         if self.comparisons or self.val_comparisons:
             data_files(self.comparisons + self.val_comparisons)
-        require_positive(self, "iterate", ("rounds", "first_round", "comparison_prompts", "temperature"))
+        require_positive(self, "iterate", ("rounds", "first_round", "comparison_prompts"))
+        require_above_zero(self, "iterate", ("temperature",))
         if not 2 <= self.comparison_k <= 9:
             raise ChatforgeError(f"iterate: field 'comparison_k' must be 2..9, got {self.comparison_k}")
         if not 0 < self.val_share < 1:

@@ -46,7 +46,7 @@ import torch
 
 from chatforge import distributed as dist
 from chatforge.checkpoint import gather_rng_states, latest_checkpoint, load_trainer_state, save_checkpoint
-from chatforge.config import opt, require_positive, save_config, to_dict
+from chatforge.config import opt, require_above_zero, require_positive, save_config, to_dict
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.corpus import iter_documents
 from chatforge.data.formats import read_prompts
@@ -187,7 +187,8 @@ class Config:
         if self.ptx_coef > 0 and not self.pretrain_data:
             raise ChatforgeError("ppo: ptx_coef > 0 needs field 'pretrain_data' (pretraining text files)")
         require_positive(self, "ppo", ("steps", "rollout_batch", "max_new_tokens", "ppo_epochs", "minibatch_size",
-                                       "temperature", "kl_horizon", "log_every"))
+                                       "kl_horizon", "log_every"))
+        require_above_zero(self, "ppo", ("temperature",))  # T < 1 sharpens the rollouts: allowed
         if self.minibatch_size > self.rollout_batch:
             raise ChatforgeError(f"ppo: minibatch_size {self.minibatch_size} is larger than rollout_batch "
                                  f"{self.rollout_batch}")

@@ -224,3 +224,11 @@ def test_ppo_stops_when_the_reward_function_breaks_mid_run(tiny_world_base, rewa
         ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "out", steps=1, ptx_coef=0.0,
                            reward_fn=f"{path}:two", save_every=0))
     assert read_metrics(tmp_path / "out") == []  # no step was logged
+
+
+def test_ppo_takes_a_temperature_below_one_and_refuses_zero(tiny_world_base, reward_model_dir, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    ppo_config(world_dir, base, reward_model_dir, tmp_path / "ok", temperature=0.7).validate()
+    assert run_cli(world_dir, base, reward_model_dir, tmp_path / "out", "temperature=0") == 2
+    assert "field 'temperature' must be > 0, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
