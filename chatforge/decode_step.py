@@ -63,6 +63,8 @@ def unsupported_reason(model, capacity: int) -> str | None:
 def _rms_norm(hidden: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """HF's LlamaRMSNorm, operation for operation (float32 statistics, weight applied in the input dtype)."""
     dtype = hidden.dtype
+    if dtype == torch.float32 and norm.weight.dtype == torch.float32:  # one fused kernel, bitwise the same in float32
+        return F.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
     hidden = hidden.to(torch.float32)
     variance = hidden.pow(2).mean(-1, keepdim=True)
     hidden = hidden * torch.rsqrt(variance + norm.variance_epsilon)
@@ -109,7 +111,8 @@ class DecodeStep:
         rows = tokens.shape[0]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         slot = length - 1
-        rope = self.rope_table[positions]  # (rows, 2, head_dim)
+        qk_width, kv_width = (heads + kv_heads) * head_dim, kv_heads * head_dim
+        rope = self.rope_table.index_select(0, positions)  # (rows, 2, head_dim)
         cos, sin = rope[:, None, 0], rope[:, None, 1]  # (rows, 1, head_dim)
         attn_mask = mask[:, None, None, :] if mask is not None else None
         hidden = F.embedding(tokens, self.model.model.embed_tokens.weight)  # (rows, hidden)
@@ -117,13 +120,13 @@ class DecodeStep:
             residual = hidden
             hidden = _rms_norm(hidden, layer["input_norm"])
             qkv = F.linear(hidden, layer["qkv_weight"], layer["qkv_bias"])  # (rows, (heads + 2 kv_heads) head_dim)
-            q_and_k = qkv[:, : (heads + kv_heads) * head_dim].view(rows, heads + kv_heads, head_dim)
+            q_and_k = qkv[:, :qk_width].view(rows, heads + kv_heads, head_dim)
             if layer["q_norm"] is not None:  # Qwen3: RMSNorm over head_dim before rotary
                 q_and_k = torch.cat([_rms_norm(q_and_k[:, :heads], layer["q_norm"]),
                                      _rms_norm(q_and_k[:, heads:], layer["k_norm"])], 1)
             swapped = q_and_k.view(rows, heads + kv_heads, 2, head_dim // 2).flip(2).view(q_and_k.shape)
             q_and_k = q_and_k * cos + swapped * sin
-            value = qkv[:, (heads + kv_heads) * head_dim:].view(rows, kv_heads, head_dim)
+            value = qkv[:, qk_width: qk_width + kv_width].view(rows, kv_heads, head_dim)
             cache_layer.key_buffer[:, :, slot] = q_and_k[:, heads:]
             cache_layer.value_buffer[:, :, slot] = value
             keys = cache_layer.key_buffer[:, :, :length]
