@@ -9,7 +9,10 @@ are the hot path of PPO and HF's per-step machinery (logits processors, stopping
   (a DynamicCache whose layers are preallocated for prompt + new tokens, see `_PreallocatedLayer`);
 - only the last position's logits are computed (`logits_to_keep=1`);
 - the attention mask is allocated once for prompt + all new tokens and sliced, never concatenated;
-- rows that hit a stop token leave the running batch (cache, mask and positions are shrunk).
+- rows that hit a stop token are ignored, and leave the running batch (cache, mask and positions are
+  shrunk) once a quarter of it is done: shrinking copies the cache, so it is not worth doing every step;
+- for Llama / Mistral / Qwen2 / Qwen3 the one-token steps run `decode_step.DecodeStep` (the same arithmetic
+  without HF's per-step plumbing); other models, and any that step does not support, call `model(...)`.
 
 Conventions of `GenerationResult` (RL depends on them):
 
@@ -46,6 +49,7 @@ from chatforge.models.stops import stop_token_ids
 Prompt = str | Sequence[int]
 TokenCallback = Callable[[int, int], None]
 FAST_DECODE = True  # False: every step through model(...) (tests, A/B timing)
+DROP_DONE_FRACTION = 0.25  # done rows leave the batch once they are this share of it
 
 
 @dataclass
@@ -507,8 +511,8 @@ def _decode_batch(model, prompts: list[list[int]], indices: list[int], params: S
         if live == 0:
             break
         # done rows keep being computed (their tokens are ignored) until dropping them pays for
-        # copying the cache: when a quarter of the running rows are done
-        if 4 * (len(rows) - live) >= len(rows):
+        # copying the cache: when DROP_DONE_FRACTION of the running rows are done
+        if len(rows) - live >= DROP_DONE_FRACTION * len(rows):
             keep = running.nonzero().squeeze(-1)
             rows, tokens, next_position, limit = rows[keep], tokens[keep], next_position[keep], limit[keep]
             running, mask = running[keep], mask[keep]
