@@ -101,3 +101,15 @@ def test_unsupported_models_take_the_plain_path(monkeypatch):
     monkeypatch.setattr(generation, "DecodeStep", fail)
     for model in (gpt2, short_window, lora):
         generate(model, None, PROMPTS, greedy(6))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_row_cut_at_the_context_keeps_running_ignored_while_others_go_on(kind):
+    """One row reaches the model's context (128) while five go on: it is computed as an ignored row past its
+    last position (GPT-2's learned positions must not overflow), and every row is as when decoded alone."""
+    model = tiny_model(kind)
+    prompts = [[3 + i % 90 for i in range(122)]] + [[5 + i, 9, 11] for i in range(5)]
+    together = generate(model, None, prompts, greedy(20))
+    assert [len(ids) for ids in together.response_ids] == [6] + [20] * 5
+    for prompt, ids in zip(prompts, together.response_ids):
+        assert generate(model, None, [prompt], greedy(20)).response_ids == [ids]
