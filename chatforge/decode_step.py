@@ -142,7 +142,7 @@ class DecodeStep:
             hidden = _rms_norm(hidden, layer["post_norm"])
             gate, up = F.linear(hidden, layer["gate_up_weight"], layer["gate_up_bias"]).chunk(2, -1)
             hidden = residual + layer["down_proj"](F.silu(gate) * up)
-        for cache_layer in self.cache.layers:  # keep the cache object's views in step (a later HF call reads them)
+        for cache_layer in self.cache.layers:  # its length stays true: batch_select_indices rebuilds views from it
             cache_layer.length = length
         hidden = _rms_norm(hidden, self.model.model.norm)
         return self.model.lm_head(hidden).float()
