@@ -6,7 +6,7 @@ Same model, same prompts (random lengths, so batches are left padded), greedy, b
   in HF's generation config), so the ratio measures the loop and the KV cache alone;
 - stops "spread" (batch 32 only, the shape of a PPO rollout): a set of stop ids taken from the
   greedy outputs so rows end at different steps; both engines produce the same tokens (checked),
-  ours drops finished rows from the batch, HF keeps computing them as padding.
+  ours drops finished rows from the batch (once a quarter is done), HF keeps computing them as padding.
 
 Time covers prefill + decode; tokens/s counts generated tokens (stop tokens included).
 

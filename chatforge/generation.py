@@ -9,7 +9,10 @@ are the hot path of PPO and HF's per-step machinery (logits processors, stopping
   (a DynamicCache whose layers are preallocated for prompt + new tokens, see `_PreallocatedLayer`);
 - only the last position's logits are computed (`logits_to_keep=1`);
 - the attention mask is allocated once for prompt + all new tokens and sliced, never concatenated;
-- rows that hit a stop token leave the running batch (cache, mask and positions are shrunk).
+- rows that hit a stop token are ignored, and leave the running batch (cache, mask and positions are
+  shrunk) once a quarter of it is done: shrinking copies the cache, so it is not worth doing every step;
+- for Llama / Mistral / Qwen2 / Qwen3 the one-token steps run `decode_step.DecodeStep` (the same arithmetic
+  without HF's per-step plumbing); other models, and any that step does not support, call `model(...)`.
 
 Conventions of `GenerationResult` (RL depends on them):
 
@@ -39,11 +42,14 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from chatforge.decode_step import DecodeStep, unsupported_reason
 from chatforge.errors import ChatforgeError
 from chatforge.models.stops import stop_token_ids
 
 Prompt = str | Sequence[int]
 TokenCallback = Callable[[int, int], None]
+FAST_DECODE = True  # False: every step through model(...) (tests, A/B timing)
+DROP_DONE_FRACTION = 0.25  # done rows leave the batch once they are this share of it
 
 
 @dataclass
@@ -464,49 +470,73 @@ def _decode_batch(model, prompts: list[list[int]], indices: list[int], params: S
 
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     # one mask for prompt + every new token, sliced each step instead of concatenated;
-    # new positions are always attended (finished rows leave the batch instead of being masked)
+    # new positions are always attended (finished rows are dropped or ignored, never masked)
     mask = torch.ones((batch, width + max_steps), dtype=torch.bool)
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt):] = torch.tensor(prompt)
         mask[row, : width - len(prompt)] = False
     position_ids = (mask[:, :width].long().cumsum(-1) - 1).clamp(min=0)  # (batch, width)
     input_ids, mask, position_ids = input_ids.to(device), mask.to(device), position_ids.to(device)
+    padded = bool(prompt_lens.min() < width)  # no padding: attention needs no mask at all (as HF)
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
 
     # -1 marks "not generated", so a pad id that is also a stop id is never mistaken for a stop
     out_tokens = torch.full((batch, max_steps), -1, dtype=torch.long, device=device)
     out_logprobs = torch.zeros((batch, max_steps), dtype=torch.float32, device=device)
     rows = torch.arange(batch, device=device)  # running row -> row of this batch
+    running = torch.ones(batch, dtype=torch.bool, device=device)  # (running,) False once a row is done
     next_position = prompt_lens.to(device)  # (running,) position of the token fed next
     limit = row_limit.to(device)  # (running,)
 
     accepted = _forward_kwargs(model)
-    cache = _new_cache(model, width + max_steps)
+    capacity = width + max_steps
+    cache = _new_cache(model, capacity)
     logits = _last_logits(model, accepted, input_ids, mask[:, :width], position_ids, cache)
+    fast_step = _fast_step(model, cache, capacity)
     for step in range(max_steps):
         tokens, token_logprobs = _pick(logits, params, generator)
-        out_tokens[rows, step] = tokens
+        out_tokens[rows, step] = tokens.where(running, -1)
         out_logprobs[rows, step] = token_logprobs
         if on_token is not None:
-            for row, token in zip(rows.tolist(), tokens.tolist()):
-                on_token(indices[row], token)
+            for row, token, live in zip(rows.tolist(), tokens.tolist(), running.tolist()):
+                if live:
+                    on_token(indices[row], token)
         if step + 1 == max_steps:
             break
         done = limit <= step + 1
         if stop.numel():
             done |= torch.isin(tokens, stop)
-        if done.any():  # one host sync per step, as in HF's own loop
-            keep = (~done).nonzero().squeeze(-1)
-            if keep.numel() == 0:
-                break
+        running &= ~done
+        live = int(running.sum())  # one host sync per step, as in HF's own loop
+        if live == 0:
+            break
+        # done rows keep being computed (their tokens are ignored) until dropping them pays for
+        # copying the cache: when DROP_DONE_FRACTION of the running rows are done
+        if len(rows) - live >= DROP_DONE_FRACTION * len(rows):
+            keep = running.nonzero().squeeze(-1)
             rows, tokens, next_position, limit = rows[keep], tokens[keep], next_position[keep], limit[keep]
-            mask = mask[keep]
+            running, mask = running[keep], mask[keep]
+            padded = padded and not bool(mask[:, :width].all())
             cache.batch_select_indices(keep)
-        logits = _last_logits(model, accepted, tokens[:, None], mask[:, : width + step + 1],
-                              next_position[:, None], cache)
+        length = width + step + 1
+        if fast_step is not None:
+            logits = fast_step(tokens, next_position, length, mask[:, :length] if padded else None)
+        else:
+            # a done row's position may pass the context (learned position tables): clamp, it is ignored
+            positions = next_position if context is None else next_position.clamp(max=context - 1)
+            logits = _last_logits(model, accepted, tokens[:, None], mask[:, :length], positions[:, None], cache)
         next_position = next_position + 1
 
     return _collect(out_tokens.cpu(), out_logprobs.cpu(), stop_ids)
+
+
+def _fast_step(model, cache, capacity: int):
+    """The hand-written decode step (decode_step.DecodeStep) when the model supports it, else None."""
+    if not FAST_DECODE or unsupported_reason(model, capacity) is not None:
+        return None
+    if not all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers):
+        return None
+    return DecodeStep(model, cache, capacity)
 
 
 def _collect(out_tokens: torch.Tensor, out_logprobs: torch.Tensor, stop_ids: list[int]):
