@@ -79,10 +79,11 @@ class Config:
     rejection_sampling_config: str = opt("configs/rejection_sampling_tiny.yaml", "config of the rejection-sampling run")
     eval_config: str = opt("configs/eval.yaml", "config of the comparisons with SFT")
     overrides: dict = opt({}, "per-method overrides of its stage config, e.g. overrides.grpo.group_size=8")
+    eval: dict = opt({}, "overrides of eval config fields (e.g. eval.ppl_tokens=16384)")
     eval_prompts: int = opt(200, "held-out prompts each policy answers")
     eval_samples: int = opt(2, "T=1 answers per prompt and model")
-    quick: bool = opt(False, "one seed (the first), quick_samples, quick_eval_prompts and quick_pretrain_steps: "
-                             "the whole table in about 15 minutes on 2 CPU cores")
+    quick: bool = opt(False, "one seed (the first), quick_samples, quick_eval_prompts, quick_pretrain_steps and "
+                             "eval.ppl_tokens 16384: the whole table in about 15 minutes on 2 CPU cores")
     quick_samples: int = opt(2048, "samples with quick=true")
     quick_eval_prompts: int = opt(100, "eval_prompts with quick=true")
     quick_pretrain_steps: int = opt(600, "pretraining steps with quick=true (unless pretrain.max_steps is given)")
@@ -114,7 +115,8 @@ def effective(cfg: Config) -> Config:
         return cfg
     pretrain = {"max_steps": cfg.quick_pretrain_steps, **cfg.pretrain}
     return dataclasses.replace(cfg, seeds=cfg.seeds[:1], samples=cfg.quick_samples,
-                               eval_prompts=cfg.quick_eval_prompts, pretrain=pretrain)
+                               eval_prompts=cfg.quick_eval_prompts, pretrain=pretrain,
+                               eval={"ppl_tokens": 16384, **cfg.eval})
 
 
 @dataclass
@@ -246,7 +248,7 @@ def run_method(cfg: Config, method: str, shared: Shared, seed_dir: Path, seed: i
         "model": str(policy), "baseline": str(shared.sft), "prompts": str(shared.eval_prompts),
         "max_prompts": cfg.eval_prompts, "samples_per_prompt": cfg.eval_samples, "gold_world": str(shared.world),
         "reward_model": str(shared.rm), "ppl_corpus": [str(shared.val_text)], "out_dir": str(method_dir / "eval"),
-        "seed": seed, "best_of_n": cfg.best_of_n if method == "best_of_n" else 0})
+        "seed": seed, "best_of_n": cfg.best_of_n if method == "best_of_n" else 0, **cfg.eval})
     eval_path = evaluate.run(eval_cfg)
     report = json.loads(eval_path.read_text())
     eval_samples = read_jsonl(eval_path.parent / "samples.jsonl")
