@@ -125,7 +125,9 @@ def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> l
         per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, num_generations=args.num_generations,
         num_iterations=1, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=KL_COEF, disable_dropout=True,
-        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), logging_steps=10**6,
+        save_strategy="no", report_to="none", logging_steps=10**6,
+        # TRL's configs default to bf16 autocast, also on CPU; ours autocasts to bf16 on GPU only
+        bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, dataloader_num_workers=0)
     trainer = GRPOTrainer(model=str(policy_dir), reward_funcs=str(rm_dir), args=config,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
