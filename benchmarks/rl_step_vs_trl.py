@@ -1,4 +1,4 @@
-"""One RL step: chatforge's PPO stage against TRL's GRPOTrainer, side by side in one process.
+"""One RL step: chatforge's PPO stage (ppo, grpo or rloo) against TRL's GRPOTrainer or RLOOTrainer, in one process.
 
 Same tiny random Llama policy (the `tiny` preset, with the world's tokenizer and chat template), same
 reward model (that policy's backbone with a small random scalar head: a real RM is not needed to time
@@ -23,6 +23,12 @@ What each side does in one step:
               one optimizer step, the Trainer's per-step bookkeeping.
 So per step ours does more model work than TRL: the critic's forward and forward/backward.
 
+--algorithm grpo / rloo: ours runs the same stage with that algorithm (critic-free: no critic forward or
+update; --num-generations responses per prompt, group-normalised or leave-one-out advantages; grpo puts the KL
+in the loss like TRL's GRPO, rloo in the reward like TRL's RLOO), against TRL's GRPOTrainer / RLOOTrainer
+(TRL 1.x's RLOOTrainer: the GRPOTrainer-shaped API with num_generations, beta = KL in the reward). Both sides
+then do the same model work: generate, reward model + reference forwards, one actor forward/backward.
+
 Timing: each side runs --steps steps, --repeats times (fresh run each time, ours and TRL interleaved so
 drifts in machine load hit both); every run's first step is dropped (warm-up) and medians are taken
 over the rest. Tokens/s = response tokens generated in the step (stop token included) / seconds of the
@@ -35,7 +41,11 @@ follow it: on a shared machine that spread shows how much other load moved the m
 TRL lives in the benchmark's own environment, never in chatforge's:
     bash benchmarks/setup_trl_env.sh
     OMP_NUM_THREADS=1 benchmarks/.venv-trl/bin/python benchmarks/rl_step_vs_trl.py \\
-        [--steps 4] [--repeats 2] [--batch 64] [--max-new-tokens 48] [--threads 1] [--num-generations 4]
+        [--algorithm ppo|grpo|rloo] [--steps 4] [--repeats 2] [--batch 64] [--max-new-tokens 48] [--threads 1]
+        [--num-generations 4] [--json FILE]
+
+--json FILE writes the table and `step_speedup` (TRL's median seconds per step / ours) and `phase_speedup`
+(the same per phase: generate, score, train).
 """
 
 from __future__ import annotations
@@ -59,6 +69,8 @@ from chatforge.models.presets import llama_config  # noqa: E402
 from chatforge.models.reward import build_reward_model, score_head  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
 from chatforge.stages import world as world_stage  # noqa: E402
+
+from _table import Report, add_json_arg  # noqa: E402  (benchmarks/, the script's own folder)
 
 MAX_LEN = 512
 LEARNING_RATE = 1e-5
@@ -102,7 +114,11 @@ def run_ours(policy_dir, rm_dir, prompts_file, out: Path, args) -> list[dict]:
     """chatforge's PPO stage for --steps steps; one dict per step: step_s, generate_s, score_s, train_s, tokens."""
     from chatforge.stages import ppo
 
-    cfg = ppo.Config(policy=str(policy_dir), reward_model=str(rm_dir), prompts=str(prompts_file), out_dir=str(out),
+    algorithm = {}
+    if args.algorithm != "ppo":  # the same stage, critic-free, with TRL's choice of where the KL goes
+        algorithm = dict(algorithm=args.algorithm, group_size=args.num_generations,
+                         kl_in="loss" if args.algorithm == "grpo" else "reward")
+    cfg = ppo.Config(**algorithm, policy=str(policy_dir), reward_model=str(rm_dir), prompts=str(prompts_file), out_dir=str(out),
                      steps=args.steps, rollout_batch=args.batch, max_new_tokens=args.max_new_tokens,
                      temperature=1.0, ppo_epochs=1, minibatch_size=args.batch, learning_rate=LEARNING_RATE,
                      critic_learning_rate=LEARNING_RATE, kl_coef=KL_COEF, ptx_coef=0.0, gold_world="",
@@ -114,12 +130,14 @@ def run_ours(policy_dir, rm_dir, prompts_file, out: Path, args) -> list[dict]:
 
 
 def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> list[dict]:
-    """TRL's GRPOTrainer for --steps steps; one dict per step, split like ours by wrapping its methods."""
+    """TRL's GRPOTrainer (RLOOTrainer for --algorithm rloo) for --steps steps; one dict per step, split like ours
+    by wrapping its methods."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    config = GRPOConfig(
+    trainer_config, trainer_class = (RLOOConfig, RLOOTrainer) if args.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    config = trainer_config(
         output_dir=str(out), max_steps=args.steps, learning_rate=LEARNING_RATE, seed=0,
         # one generation of --batch sequences per optimizer step, trained on in one pass
         per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, num_generations=args.num_generations,
@@ -129,7 +147,7 @@ def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> l
         # TRL's configs default to bf16 autocast, also on CPU; ours autocasts to bf16 on GPU only
         bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=str(policy_dir), reward_funcs=str(rm_dir), args=config,
+    trainer = trainer_class(model=str(policy_dir), reward_funcs=str(rm_dir), args=config,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
 
     phase = {"generate_s": 0.0, "rollout_s": 0.0, "tokens": 0}
@@ -201,7 +219,18 @@ def main():
     parser.add_argument("--num-generations", type=int, default=4,
                         help="TRL GRPO completions per prompt: --batch / this many prompts a step (ours: --batch)")
     parser.add_argument("--only", choices=("both", "ours", "trl"), default="both", help="run one side only")
+    parser.add_argument("--algorithm", choices=("ppo", "grpo", "rloo"), default="ppo",
+                        help="ours: the PPO stage's algorithm; TRL: GRPOTrainer (ppo, grpo) or RLOOTrainer (rloo)")
+    add_json_arg(parser)
     args = parser.parse_args()
+    if args.algorithm != "ppo" and args.only != "trl":
+        from dataclasses import fields
+
+        from chatforge.stages import ppo
+
+        if "algorithm" not in {field.name for field in fields(ppo.Config)}:
+            raise SystemExit(f"--algorithm {args.algorithm}: this chatforge's ppo stage has no 'algorithm' field yet "
+                             "(use --only trl)")
     if args.batch % args.num_generations:
         raise SystemExit(f"--batch {args.batch} must be a multiple of --num-generations {args.num_generations}")
     if args.threads > 0:
@@ -225,9 +254,13 @@ def main():
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     n = next(iter(summary.values()))["n"]
-    print(f"\nchatforge PPO vs TRL {trl.__version__} GRPOTrainer (transformers {transformers.__version__}, torch "
-          f"{torch.__version__}), {device}; tiny Llama, {args.batch} sequences a step (TRL: "
-          f"{args.batch // args.num_generations} prompts x {args.num_generations}), up to {args.max_new_tokens} new "
+    ours_name = "PPO" if args.algorithm == "ppo" else f"PPO stage, algorithm {args.algorithm}"
+    trl_name = "RLOOTrainer" if args.algorithm == "rloo" else "GRPOTrainer"
+    groups = f"{args.batch // args.num_generations} prompts x {args.num_generations}"
+    shape = f"both: {groups}" if args.algorithm != "ppo" else f"ours: {args.batch} prompts x 1; TRL: {groups}"
+    print(f"\nchatforge {ours_name} vs TRL {trl.__version__} {trl_name} (transformers {transformers.__version__}, "
+          f"torch {torch.__version__}), {device}; tiny Llama, {args.batch} sequences a step ({shape}), "
+          f"up to {args.max_new_tokens} new "
           f"tokens, T=1, one optimizer step a step; median of {n} steps ({args.repeats} runs x {args.steps - 1}, "
           f"warm-up dropped)\n")
     ours, theirs = summary.get("ours"), summary.get("trl")
@@ -247,18 +280,22 @@ def main():
             ("generated tokens / step", "tokens", ",.0f", ""),
             ("generated tokens / s (generate phase only)", "generate_tokens_per_s", ",.0f", "")]
     rows += [(f"  {part} s / step", f"{part}_s", ".3f", part) for part in SPLIT]
-    print("| per step | ours | TRL | ours / TRL |")
-    print("|---|---|---|---|")
-    for label, key, fmt, part in rows:
-        ours_cell = cell(ours, key, fmt) + (share(ours, part) if part else "")
-        trl_cell = cell(theirs, key, fmt) + (share(theirs, part) if part else "")
-        print(f"| {label} | {ours_cell} | {trl_cell} | {ratio(key)} |")
+    report = Report("rl_step_vs_trl", args)
+    report.table(["per step", "ours", "TRL", "ours / TRL"],
+                 [[label, cell(ours, key, fmt) + (share(ours, part) if part else ""),
+                   cell(theirs, key, fmt) + (share(theirs, part) if part else ""), ratio(key)]
+                  for label, key, fmt, part in rows])
     print("\nsplit: generate = sampling the responses; score = reward model, reference (and for ours the critic) "
           "forwards, advantages; train = the optimizer pass (ours: actor and critic). Shares are of the median step; the three "
           "medians need not add up to the step's.")
     for side, runs in results.items():  # the spread shows how much other load on the machine moved the numbers
         print(f"{'ours' if side == 'ours' else 'TRL'} seconds of each step, per run (first = warm-up): "
               + "; ".join(" ".join(f"{s['step_s']:.2f}" for s in run) for run in runs))
+    if ours and theirs:  # TRL's seconds / ours: above 1 means ours is faster
+        report.put(step_speedup=theirs["step_s"] / ours["step_s"],
+                   phase_speedup={part: theirs[f"{part}_s"] / ours[f"{part}_s"] for part in SPLIT})
+    report.put(summary=summary)
+    report.write()
 
 
 if __name__ == "__main__":
