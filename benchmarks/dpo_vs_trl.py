@@ -19,7 +19,8 @@ rows padded to the batch's longest), the loss, backward, gradient clipping at 1.
 Timing: a step is the wall time from one optimizer step's end to the next (ours: a hook on the optimizer;
 TRL: the Trainer's on_step_end), so it includes the data loading, loss and logging each side does per step.
 Each side runs --repeats fresh runs, interleaved so drifts in machine load hit both; each run's first step
-is dropped (warm-up); medians over the rest. Model loading is excluded on both sides.
+is dropped (warm-up); medians over the rest. Model loading is excluded on both sides. CPU seconds per step (the
+process's CPU time, all threads) move less than wall seconds when other jobs share the machine.
 
 TRL lives in the benchmark's own environment, never in chatforge's:
     bash benchmarks/setup_trl_env.sh
@@ -50,23 +51,28 @@ LEARNING_RATE = 1e-6  # the DPO paper's
 BETA = 0.1
 
 
-def step_ends() -> tuple[list[float], object]:
-    """(the list each optimizer step's end time is appended to, a hook for Optimizer.register_step_post_hook)."""
-    ends: list[float] = []
-    return ends, lambda *unused: ends.append(time.perf_counter())
+def now() -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds)."""
+    return time.perf_counter(), time.process_time()
 
 
-def run_ours(model_dir, pairs_file: Path, out: Path, args) -> tuple[list[float], float]:
-    """chatforge's dpo stage over the pairs: (seconds of each step after the first, seconds before step 1)."""
+def step_times(ends: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each step from the times steps ended."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:])]
+
+
+def run_ours(model_dir, pairs_file: Path, out: Path, args) -> tuple[list[tuple[float, float]], float]:
+    """chatforge's dpo stage over the pairs: ((wall, CPU) seconds of each step after the first, seconds before
+    step 1)."""
     from chatforge.stages import dpo
 
-    ends, hook = step_ends()
+    ends: list[tuple[float, float]] = []
     build_optimizer = dpo.build_optimizer
 
     def timed_optimizer(*build_args, **kwargs):
         optimizer = build_optimizer(*build_args, **kwargs)
-        optimizer.register_step_post_hook(hook)
-        ends.append(time.perf_counter())  # built after the reference log-probs: the first step starts here
+        optimizer.register_step_post_hook(lambda *unused: ends.append(now()))
+        ends.append(now())  # built after the reference log-probs: the first step starts here
         return optimizer
 
     cfg = dpo.Config(model=str(model_dir), train_data=[str(pairs_file)], out_dir=str(out), max_len=args.max_len,
@@ -78,11 +84,13 @@ def run_ours(model_dir, pairs_file: Path, out: Path, args) -> tuple[list[float],
         dpo.run(cfg)
     finally:
         dpo.build_optimizer = build_optimizer
-    return [b - a for a, b in zip(ends[1:], ends[2:])], ends[0] - start
+    return step_times(ends[1:]), ends[0][0] - start
 
 
-def run_trl(model_dir, tokenizer, pairs: list[dict], out: Path, args, precompute: bool) -> tuple[list[float], float]:
-    """TRL's DPOTrainer over the same pairs: (seconds of each step after the first, seconds of its set-up)."""
+def run_trl(model_dir, tokenizer, pairs: list[dict], out: Path, args,
+            precompute: bool) -> tuple[list[tuple[float, float]], float]:
+    """TRL's DPOTrainer over the same pairs: ((wall, CPU) seconds of each step after the first, seconds of its
+    set-up)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -101,17 +109,17 @@ def run_trl(model_dir, tokenizer, pairs: list[dict], out: Path, args, precompute
     start = time.perf_counter()  # precomputing the reference's log-probs happens in the constructor
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, *unused, **kwargs):
-            ends.append(time.perf_counter())
+            ends.append(now())
 
     trainer.add_callback(StepTimer())
     trainer.remove_callback(PrinterCallback)
     setup_s = time.perf_counter() - start
     trainer.train()
-    return [b - a for a, b in zip(ends, ends[1:])], setup_s
+    return step_times(ends), setup_s
 
 
 def main():
@@ -154,9 +162,10 @@ def main():
                     run_trl(model_dir, tokenizer, pairs, out, args, precompute)
                 seconds[side].append(steps)
                 setup[side].append(setup_s)
-                print(f"run {i + 1}, {side}: median step {statistics.median(steps):.3f} s", flush=True)
+                print(f"run {i + 1}, {side}: median step {statistics.median(s for s, _ in steps):.3f} s", flush=True)
 
-    median = {side: statistics.median(s for run in runs for s in run) for side, runs in seconds.items()}
+    median = {side: statistics.median(wall for run in runs for wall, _ in run) for side, runs in seconds.items()}
+    cpu = {side: statistics.median(cpu_s for run in runs for _, cpu_s in run) for side, runs in seconds.items()}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nchatforge dpo vs TRL {trl.__version__} DPOTrainer (transformers {transformers.__version__}, torch "
           f"{torch.__version__}), {device}; tiny Llama, {args.batch} pairs a step, {n_pairs} pairs of "
@@ -164,17 +173,19 @@ def main():
           f"{args.repeats} runs x {args.steps - 1} steps (warm-up dropped)\n")
     rows = []
     for side in sides:
-        steps = [s for run in seconds[side] for s in run]
+        steps = [s for run in seconds[side] for s, _ in run]
         rows.append([side, "before training" if side != "TRL, live reference" else "every step",
-                     f"{median[side]:.3f}", f"{min(steps):.3f}", f"{args.batch / median[side]:.1f}",
-                     f"{median[side] / median['ours']:.2f}x", f"{statistics.median(setup[side]):.1f}"])
-    report.table(["run", "reference log-probs", "s / step (median)", "fastest step s", "pairs / s",
-                  "TRL / ours", "set-up s (reference precompute, data)"], rows)
+                     f"{median[side]:.3f}", f"{min(steps):.3f}", f"{cpu[side]:.3f}", f"{args.batch / median[side]:.1f}",
+                     f"{median[side] / median['ours']:.2f}x", f"{cpu[side] / cpu['ours']:.2f}x",
+                     f"{statistics.median(setup[side]):.1f}"])
+    report.table(["run", "reference log-probs", "s / step (median)", "fastest step s", "CPU s / step", "pairs / s",
+                  "TRL / ours", "TRL / ours, CPU s", "set-up s (reference precompute, data)"], rows)
     print("\nset-up: ours from the start of run() to the optimizer's creation (data, reference log-probs, model "
           "load); TRL the DPOTrainer constructor (dataset tokenizing, reference log-probs when precomputed).")
     for side, runs in seconds.items():
-        print(f"{side} seconds of each step, per run: " + "; ".join(" ".join(f"{s:.2f}" for s in run) for run in runs))
-    report.put(step_speedup=median["TRL"] / median["ours"], seconds_per_step=median,
+        print(f"{side} seconds of each step, per run: " + "; ".join(" ".join(f"{s:.2f}" for s, _ in run) for run in runs))
+    report.put(step_speedup=median["TRL"] / median["ours"], step_speedup_cpu=cpu["TRL"] / cpu["ours"],
+               seconds_per_step=median, cpu_seconds_per_step=cpu,
                **({} if args.no_live else
                   {"step_speedup_live_reference": median["TRL, live reference"] / median["ours"]}))
     report.write()

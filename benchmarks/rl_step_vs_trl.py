@@ -35,8 +35,10 @@ over the rest. Tokens/s = response tokens generated in the step (stop token incl
 whole step. Ours: its own per-step metrics (time/*, rollout/tokens in metrics.jsonl). TRL: wall time
 between step ends (Trainer callback), with `_generate` and `_generate_and_score_completions` wrapped to
 split it the same way (score = everything between generation and the training forward). Model loading
-and setup are excluded on both sides. The table also gives the fastest step, and every step's seconds
-follow it: on a shared machine that spread shows how much other load moved the medians.
+and setup are excluded on both sides. The table also gives the fastest step, and every step's seconds follow
+it: on a shared machine that spread shows how much other load moved the medians. CPU seconds per step (the
+process's CPU time between step ends, all its threads) move less than wall seconds when other jobs share the
+machine; `step_speedup_cpu` is their ratio.
 
 TRL lives in the benchmark's own environment, never in chatforge's:
     bash benchmarks/setup_trl_env.sh
@@ -123,10 +125,23 @@ def run_ours(policy_dir, rm_dir, prompts_file, out: Path, args) -> list[dict]:
                      temperature=1.0, ppo_epochs=1, minibatch_size=args.batch, learning_rate=LEARNING_RATE,
                      critic_learning_rate=LEARNING_RATE, kl_coef=KL_COEF, ptx_coef=0.0, gold_world="",
                      num_threads=args.threads, seed=0, tensorboard=False, resume=False)
-    ppo.run(cfg)
+    cpu_ends: list[float] = []
+
+    class CPUTimedLogger(ppo.MetricsLogger):
+        def log(self, step, values):  # called once at the end of each step
+            cpu_ends.append(time.process_time())
+            super().log(step, values)
+
+    logger = ppo.MetricsLogger
+    ppo.MetricsLogger = CPUTimedLogger
+    try:
+        ppo.run(cfg)
+    finally:
+        ppo.MetricsLogger = logger
     rows = [m for m in read_metrics(out) if "time/step_s" in m]
+    cpu = [0.0] + [b - a for a, b in zip(cpu_ends, cpu_ends[1:])]  # the first step's (warm-up) is never used
     return [{"step_s": m["time/step_s"], "generate_s": m["time/generate_s"], "score_s": m["time/score_s"],
-             "train_s": m["time/train_s"], "tokens": m["rollout/tokens"]} for m in rows]
+             "train_s": m["time/train_s"], "tokens": m["rollout/tokens"], "cpu_s": cpu_s} for m, cpu_s in zip(rows, cpu)]
 
 
 def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> list[dict]:
@@ -173,17 +188,19 @@ def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> l
         """Wall time from one optimizer step's end to the next: everything the Trainer does per step."""
 
         def on_train_begin(self, *unused, **kwargs):
-            self.last = time.perf_counter()
+            self.last, self.last_cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *unused, **kwargs):
             sync()
             now = time.perf_counter()
             step_s = now - self.last
+            cpu_now = time.process_time()
             steps.append({"step_s": step_s, "generate_s": phase["generate_s"],
                           "score_s": phase["rollout_s"] - phase["generate_s"],
-                          "train_s": step_s - phase["rollout_s"], "tokens": phase["tokens"]})
+                          "train_s": step_s - phase["rollout_s"], "tokens": phase["tokens"],
+                          "cpu_s": cpu_now - self.last_cpu})
             phase.update(generate_s=0.0, rollout_s=0.0, tokens=0)
-            self.last = now
+            self.last, self.last_cpu = now, cpu_now
 
     trainer.add_callback(StepTimer())
     trainer.remove_callback(PrinterCallback)  # its end-of-training dict would bury the table
@@ -201,7 +218,8 @@ def summarize(runs: list[list[dict]]) -> dict:
     kept = [step for run in runs for step in run[1:]]
     if not kept:
         raise SystemExit("no timed steps left after dropping warm-up: use --steps 2 or more")
-    median = {key: statistics.median(s[key] for s in kept) for key in ("step_s", "tokens", *(f"{p}_s" for p in SPLIT))}
+    median = {key: statistics.median(s[key] for s in kept)
+              for key in ("step_s", "cpu_s", "tokens", *(f"{p}_s" for p in SPLIT))}
     median["tokens_per_s"] = statistics.median(s["tokens"] / s["step_s"] for s in kept)
     median["generate_tokens_per_s"] = statistics.median(s["tokens"] / s["generate_s"] for s in kept)
     median["fastest_step_s"] = min(s["step_s"] for s in kept)  # the least disturbed by other load on the machine
@@ -276,6 +294,7 @@ def main():
 
     rows = [("seconds / step (lower is better)", "step_s", ".3f", ""),
             ("fastest step, seconds", "fastest_step_s", ".3f", ""),
+            ("CPU seconds / step (this process, all threads)", "cpu_s", ".3f", ""),
             ("generated tokens / s (whole step)", "tokens_per_s", ",.0f", ""),
             ("generated tokens / step", "tokens", ",.0f", ""),
             ("generated tokens / s (generate phase only)", "generate_tokens_per_s", ",.0f", "")]
@@ -292,7 +311,7 @@ def main():
         print(f"{'ours' if side == 'ours' else 'TRL'} seconds of each step, per run (first = warm-up): "
               + "; ".join(" ".join(f"{s['step_s']:.2f}" for s in run) for run in runs))
     if ours and theirs:  # TRL's seconds / ours: above 1 means ours is faster
-        report.put(step_speedup=theirs["step_s"] / ours["step_s"],
+        report.put(step_speedup=theirs["step_s"] / ours["step_s"], step_speedup_cpu=theirs["cpu_s"] / ours["cpu_s"],
                    phase_speedup={part: theirs[f"{part}_s"] / ours[f"{part}_s"] for part in SPLIT})
     report.put(summary=summary)
     report.write()

@@ -33,6 +33,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -55,9 +56,9 @@ from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
                                  load_tokenizer, save_hf_folder)
-from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
-from chatforge.models.scoring import (join_rollout, response_logits, response_logprobs, response_values,
-                                      token_logprobs_and_entropy)
+from chatforge.models.reward import check_reward_model_dir, load_reward_model
+from chatforge.models.scoring import (by_length, join_rollout, response_logits, response_logprobs, response_values,
+                                      rollout_rewards, token_logprobs_and_entropy)
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -208,10 +209,8 @@ def response_scores(cfg: Config, reward_model, judge, batch_prompts: list, texts
     if cfg.reward_source == "gold":
         gold = judge([prompt for prompt, _ in batch_prompts], texts)
         return torch.tensor(gold, dtype=torch.float32, device=device)
-    response_mask = attention_mask.clone()
-    response_mask[:, :prompt_width] = 0  # an RM with a likelihood weight scores the response tokens' likelihood
     with on_device(reward_model, device, cfg.offload_frozen):
-        return sequence_rewards(reward_model, input_ids, attention_mask, response_mask)
+        return by_length(partial(rollout_rewards, reward_model), input_ids, attention_mask, prompt_width)
 
 
 def combined_scores(model_scores: torch.Tensor | None, fn_scores: torch.Tensor | None, finished: torch.Tensor,
@@ -329,16 +328,17 @@ def run(cfg: Config) -> Path:
         generated = time.perf_counter()
 
         # score: logprobs of both policies, values, rewards -> advantages (nothing here gets gradients)
-        input_ids, attention_mask, prompt_width = join_rollout(rollout_batch)
+        sequences = input_ids, attention_mask, prompt_width = join_rollout(rollout_batch)
         mask = rollout_batch["response_mask"].float()  # (batch, R)
         with torch.no_grad(), autocast(device, amp_dtype):
             # in fp32 the sampler's own logprobs match a fresh forward pass to ~1e-5, so that pass is skipped;
             # under bf16 the cached decoding drifts from a full pass, and the PPO ratio must start at 1
+            # by_length: rows of similar length together, so little compute goes to padding
             old_logprobs = rollout_batch["logprobs"] if amp_dtype is None else \
-                response_logprobs(actor, input_ids, attention_mask, prompt_width, cfg.temperature)
+                by_length(partial(response_logprobs, actor, temperature=cfg.temperature), *sequences)
             with on_device(reference, device, cfg.offload_frozen):
-                ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
-            old_values = response_values(critic, input_ids, attention_mask, prompt_width) * mask
+                ref_logprobs = by_length(partial(response_logprobs, reference, temperature=cfg.temperature), *sequences)
+            old_values = by_length(partial(response_values, critic), *sequences) * mask
             model_scores = None if cfg.reward_source == "fn" else \
                 response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids, attention_mask,
                                 prompt_width, device)
