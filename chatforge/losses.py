@@ -132,6 +132,45 @@ def adaptive_kl_coef(kl_coef: float, kl: float, target: float, horizon: int, bat
     return kl_coef * (1.0 + error * batch_size / horizon)
 
 
+# ---- Critic-free RL (GRPO, RLOO, REINFORCE++): advantages without a value model. A step's rows come in groups
+# of `group_size` consecutive responses to the same prompt; `rewards` are per-token (kl_penalized_rewards).
+
+def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): each response's return R = sum of its rewards, normalised within its group,
+    (R - mean_group) / (std_group + eps) with the unbiased std (as TRL), on every response token; (batch, R)."""
+    returns = (rewards * mask).sum(1).view(-1, group_size)  # (groups, group_size)
+    normalised = (returns - returns.mean(1, keepdim=True)) / (returns.std(1, keepdim=True) + eps)
+    return normalised.reshape(-1, 1) * mask
+
+
+def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): R_i minus the mean return of the group's other responses,
+    R_i - (sum_j R_j - R_i) / (K - 1), on every response token; (batch, R)."""
+    returns = (rewards * mask).sum(1).view(-1, group_size)
+    baseline = (returns.sum(1, keepdim=True) - returns) / (group_size - 1)
+    return (returns - baseline).reshape(-1, 1) * mask
+
+
+def group_centered(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean of its group's, (n,): REINFORCE++-baseline's per-prompt baseline."""
+    groups = scores.view(-1, group_size)
+    return (groups - groups.mean(1, keepdim=True)).reshape(-1)
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++'s (Hu 2025) per-token return G_t = r_t + gamma * G_{t+1}, zero after a row's last token;
+    the stage then whitens it over every token of the global batch. (batch, R)."""
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)  # GAE with V = 0 and lambda 1
+    return returns
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate of GRPO's loss (Schulman's k3, as TRL): exp(d) - d - 1, d = ref - logp.
+    Never negative, and unbiased for samples of pi."""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1
+
+
 # ---- Direct preference optimisation. Per-pair tensors are (pairs,): summed log-probs of each response.
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

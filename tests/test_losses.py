@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, kl_penalized_rewards, policy_loss, value_loss, whiten,
+from chatforge.losses import (adaptive_kl_coef, dpo_loss, gae, group_centered, grpo_advantages, k3_kl,
+                              kl_penalized_rewards, policy_loss, returns_to_go, rloo_advantages, value_loss, whiten,
                               IGNORE_INDEX, masked_mean, pairwise_accuracy, ranking_loss, token_cross_entropy)
 
 
@@ -135,6 +136,65 @@ def test_adaptive_kl_coef_moves_toward_the_target():
     # error = 3.6/4 - 1 = -0.1 -> 0.1 * (1 - 0.1 * 10 / 100) = 0.099
     assert adaptive_kl_coef(0.1, 3.6, 4.0, 100, 10) == pytest.approx(0.099)
 
+
+
+# ---- critic-free advantages. Two groups of three responses; the 9s and 7s are padding and must not count.
+GROUP_REWARDS = torch.tensor([[0.5, 0.5, 9.0], [0.0, 0.0, 2.0], [3.0, 7.0, 7.0],    # returns 1, 2, 3
+                              [1.0, -1.0, 0.0], [0.0, 0.0, 9.0], [0.0, 0.0, 6.0]])  # returns 0, 0, 6
+GROUP_MASK = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
+
+
+def test_grpo_advantages_normalise_within_each_group_by_hand():
+    advantages = grpo_advantages(GROUP_REWARDS, GROUP_MASK, group_size=3, eps=0.0)
+    # group 1: mean 2, unbiased std sqrt((1 + 0 + 1) / 2) = 1 -> -1, 0, 1
+    # group 2: mean 2, std sqrt((4 + 4 + 16) / 2) = sqrt(12) = 3.464102 -> -0.577350, -0.577350, 1.154701
+    per_response = torch.tensor([-1.0, 0.0, 1.0, -0.577350, -0.577350, 1.154701])
+    assert torch.allclose(advantages, per_response[:, None] * GROUP_MASK, atol=1e-6)  # on every real token only
+    # eps keeps a group whose responses all score the same at 0 (no signal), not 0 / 0
+    assert grpo_advantages(torch.ones(2, 2), torch.ones(2, 2), group_size=2).abs().max() == 0
+
+
+def test_grpo_advantages_of_kl_penalised_rewards():
+    """kl_in reward: the KL-penalised return goes into the group normalisation."""
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]])
+    ref_logprobs = torch.tensor([[-1.5, -2.0, -2.0], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    rewards, _ = kl_penalized_rewards(logprobs, ref_logprobs, mask, torch.tensor([1.0, 1.0]), 1.0)
+    # equal scores, so the KL alone ranks them: returns 1 - (0.5 + 0 - 1) = 1.5 and 1 - 1 = 0;
+    # mean 0.75, std |1.5 - 0| / sqrt(2) = 1.060660 -> +-0.707107
+    advantages = grpo_advantages(rewards, mask, group_size=2, eps=0.0)
+    assert torch.allclose(advantages, torch.tensor([[0.707107] * 3, [-0.707107, -0.707107, 0.0]]), atol=1e-6)
+
+
+def test_rloo_advantages_subtract_the_others_mean_by_hand():
+    advantages = rloo_advantages(GROUP_REWARDS, GROUP_MASK, group_size=3)
+    # group 1: 1 - (2 + 3) / 2 = -1.5, 2 - (1 + 3) / 2 = 0, 3 - (1 + 2) / 2 = 1.5
+    # group 2: 0 - (0 + 6) / 2 = -3 (twice), 6 - 0 = 6
+    per_response = torch.tensor([-1.5, 0.0, 1.5, -3.0, -3.0, 6.0])
+    assert torch.allclose(advantages, per_response[:, None] * GROUP_MASK)
+
+
+def test_group_centered_subtracts_each_groups_mean():
+    # groups (1, 2, 6) and (0, 0, 3): means 3 and 1
+    centered = group_centered(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3)
+    assert centered.tolist() == [-2.0, -1.0, 3.0, -1.0, -1.0, 2.0]
+
+
+def test_reinforce_pp_returns_to_go_then_whitened_by_hand():
+    rewards = torch.tensor([[-0.05, 0.0, 2.1], [-0.1, -1.0, 5.0]])  # the 5 is padding
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    returns = returns_to_go(rewards, mask, gamma=0.5)
+    # row 0: G2 = 2.1, G1 = 0 + 0.5 * 2.1 = 1.05, G0 = -0.05 + 0.5 * 1.05 = 0.475; row 1: G1 = -1, G0 = -0.6
+    assert torch.allclose(returns, torch.tensor([[0.475, 1.05, 2.1], [-0.6, -1.0, 0.0]]))
+    # over the 5 real tokens: mean 0.405, variance 6.278 / 5 = 1.2556, std 1.120535
+    expected = torch.tensor([[0.062470, 0.575618, 1.512670], [-0.896893, -1.253866, 0.0]])
+    assert torch.allclose(whiten(returns, mask), expected, atol=1e-5)
+
+
+def test_k3_kl_by_hand():
+    # d = ref - logp: -0.5 -> e^-0.5 + 0.5 - 1 = 0.106531; 1 -> e - 2 = 0.718282; 0 -> 0
+    kl = k3_kl(torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-1.5, -1.0, -3.0]))
+    assert torch.allclose(kl, torch.tensor([0.106531, 0.718282, 0.0]), atol=1e-6)
 
 # Two pairs, beta 0.5. Pair 1: policy - reference log-prob on chosen (-5) - (-6) = 1, on rejected (-9) - (-8) = -1,
 # so h = 2, beta h = 1. Pair 2: chosen (-4) - (-3.5) = -0.5, rejected (-3) - (-4) = 1, so h = -1.5, beta h = -0.75.

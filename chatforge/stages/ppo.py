@@ -17,10 +17,16 @@ beside rm/gold adds reward_fn_weight * its score after the normalisation) -> per
 off in every role (all models stay in eval mode), padding is masked out of every loss, and beta is fixed
 or adapted to a target KL.
 
+algorithm = grpo | rloo | reinforce_pp drops the critic (none is loaded, trained or saved) and samples
+group_size responses per prompt: the advantage is the KL-penalised return normalised within its prompt's
+group (GRPO), minus the mean of the group's other returns (RLOO), or the return-to-go whitened over the
+batch (REINFORCE++); the actor's loss stays the clipped surrogate (+ ptx). kl_in = loss moves the KL from
+the rewards into the actor's loss as kl_coef * the k3 estimate (GRPO's default). Formulas: docs/ppo.md.
+
     out_dir/metrics.jsonl, tensorboard/   per step: reward, gold score, KL, entropy, clip fraction,
                                           losses, response length, tokens/s, time split
     out_dir/checkpoints/step_N/           the actor (HF folder; with LoRA the merged weights, so a resumed
-                                          LoRA run starts fresh adapters on them) + critic/ + optimizers,
+                                          LoRA run starts fresh adapters on them) + critic/ (PPO) + optimizers,
                                           beta, reward normalisation and data positions
     out_dir/final/                        the trained policy (LoRA merged): a plain HF folder
     out_dir/summary.json                  first/last numbers and the reward normalisation
@@ -50,8 +56,8 @@ from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
 from chatforge.guards import NonFiniteGuard
-from chatforge.losses import (adaptive_kl_coef, gae, kl_penalized_rewards, masked_mean, policy_loss,
-                              token_cross_entropy, value_loss)
+from chatforge.losses import (adaptive_kl_coef, gae, group_centered, grpo_advantages, k3_kl, kl_penalized_rewards,
+                              masked_mean, policy_loss, returns_to_go, rloo_advantages, token_cross_entropy, value_loss)
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
@@ -79,12 +85,24 @@ class Config:
                              "(prompts as message lists, response strings) -> list[float]; with reward_source rm/gold "
                              "its score * reward_fn_weight is added to the (normalised) score; see docs/ppo.md")
     reward_fn_weight: float = opt(1.0, "weight of reward_fn's score (it is never normalised; 1 = as returned)")
-    critic: str = opt("", "reward-model folder the critic starts from ('' = reward_model)")
+    critic: str = opt("", "reward-model folder the critic starts from ('' = reward_model; unused by the critic-free "
+                          "algorithms)")
     prompts: str = opt("", 'JSONL of {"prompt": ...} RL prompts (no responses needed)')
     pretrain_data: list[str] = opt([], "pretraining text (.jsonl/.txt/.parquet) for the ptx loss")
     out_dir: str = opt("runs/ppo", "run folder")
     steps: int = opt(100, "rollout batches (PPO iterations)")
-    rollout_batch: int = opt(64, "prompts sampled per step, one response each, over all ranks (each of N: 1/N)")
+    algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = opt(
+        "ppo", "how advantages are estimated: ppo (a critic and GAE); the critic-free grpo (the return normalised "
+               "within its prompt's group), rloo (the return minus the mean of the group's other returns), "
+               "reinforce_pp (return-to-go whitened over the batch); the critic-free ones load and train no critic")
+    group_size: int = opt(0, "responses sampled per prompt (0 = the algorithm's: 4 for grpo and rloo, which need >= 2; "
+                             "1 for ppo and reinforce_pp); rollout_batch / group_size prompts a step")
+    kl_in: Literal["auto", "reward", "loss"] = opt(
+        "auto", "where the KL to the reference goes: reward (a per-token penalty -kl_coef * (log pi - log pi_ref), "
+                "as PPO), loss (kl_coef * the k3 estimate in the actor's loss, as GRPO's paper); auto = loss for grpo, "
+                "reward for the others")
+    rollout_batch: int = opt(64, "responses sampled per step (group_size for each of rollout_batch / group_size "
+                                 "prompts), over all ranks (each of N: 1/N of the prompts)")
     max_new_tokens: int = opt(48, "longest response; a response cut here never ended and is penalised")
     temperature: float = opt(1.0, "sampling temperature of the rollouts (the logprobs use the same)")
     long_prompts: Literal["error", "drop"] = opt(
@@ -129,9 +147,27 @@ class Config:
 
     RENAMED = {"gamma": "discount"}  # old key -> field: still read, with a warning (chatforge/config.py)
 
+    @property
+    def uses_critic(self) -> bool:
+        """Only PPO has a critic; GRPO, RLOO and REINFORCE++ take their baseline from the rollouts."""
+        return self.algorithm == "ppo"
+
+    @property
+    def responses_per_prompt(self) -> int:
+        """group_size, or the algorithm's default when it is 0."""
+        return self.group_size or (4 if self.algorithm in ("grpo", "rloo") else 1)
+
+    @property
+    def kl_in_loss(self) -> bool:
+        """True when the KL to the reference is a loss term rather than a per-token reward penalty."""
+        return self.kl_in == "loss" or (self.kl_in == "auto" and self.algorithm == "grpo")
+
     def validate(self):
         """Check everything that can be checked before a model is loaded."""
-        for name in ("policy", "prompts") + (() if self.reward_source == "fn" and self.critic else ("reward_model",)):
+        self.validate_algorithm()
+        # the RM folder is needed to score (reward_source rm) and, for PPO, to start the critic unless `critic` is set
+        needs_rm = self.reward_source == "rm" or (self.uses_critic and not (self.reward_source == "fn" and self.critic))
+        for name in ("policy", "prompts") + (("reward_model",) if needs_rm else ()):
             if not getattr(self, name):
                 raise ChatforgeError(f"ppo: field '{name}' is empty" + (
                     " (with reward_source fn it, or 'critic', is the folder the critic starts from)"
@@ -143,7 +179,7 @@ class Config:
             check_model_dir(self.reference)
         if self.reward_model:
             check_reward_model_dir(self.reward_model, "reward_model")
-        if self.critic:
+        if self.critic and self.uses_critic:
             check_reward_model_dir(self.critic, "critic")
         if not Path(self.prompts).is_file():
             raise ChatforgeError(f"{self.prompts}: field 'prompts': file does not exist")
@@ -158,6 +194,22 @@ class Config:
                                  f"{self.rollout_batch}")
         for name in ("rollout_batch", "minibatch_size") + (("ptx_batch_size",) if self.ptx_coef > 0 else ()):
             dist.check_divisible("ppo", name, getattr(self, name))
+        ranks, groups = dist.env_world_size(), self.rollout_batch // self.responses_per_prompt
+        if ranks > 1 and groups % ranks:  # each rank samples whole groups, so the prompts must split evenly
+            raise ChatforgeError(f"ppo: rollout_batch / group_size = {groups} prompts a step must be a multiple of the "
+                                 f"{ranks} torchrun processes (WORLD_SIZE): a prompt's group stays on one rank")
+
+    def validate_algorithm(self):
+        """The algorithm's group and batch sizes."""
+        if self.group_size < 0:
+            raise ChatforgeError(f"ppo: field 'group_size' must be >= 0 (0 = the algorithm's default), got "
+                                 f"{self.group_size}")
+        if self.algorithm in ("grpo", "rloo") and self.responses_per_prompt < 2:
+            raise ChatforgeError(f"ppo: algorithm '{self.algorithm}' needs group_size >= 2 (its baseline is the other "
+                                 f"responses to the same prompt), got {self.group_size}; e.g. group_size=4")
+        if self.rollout_batch % self.responses_per_prompt:
+            raise ChatforgeError(f"ppo: field 'rollout_batch' = {self.rollout_batch} must be a multiple of group_size "
+                                 f"{self.responses_per_prompt} (responses per step = prompts x group_size)")
 
 
 def load_rl_prompts(cfg: Config, tokenizer, context: int) -> list[tuple]:
@@ -227,6 +279,40 @@ def combined_scores(model_scores: torch.Tensor | None, fn_scores: torch.Tensor |
     return scores - cfg.missing_eos_penalty * (1.0 - finished)
 
 
+def step_scores(cfg: Config, scores: torch.Tensor) -> torch.Tensor:
+    """The scores the rewards are built from: REINFORCE++ with groups (group_size >= 2) subtracts each group's mean
+    (REINFORCE++-baseline), so a prompt's difficulty does not count; the other algorithms take them as they are."""
+    if cfg.algorithm == "reinforce_pp" and cfg.responses_per_prompt > 1:
+        return group_centered(scores, cfg.responses_per_prompt)
+    return scores
+
+
+def step_advantages(cfg: Config, rewards: torch.Tensor, old_values: torch.Tensor | None,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(advantages, the critic's returns or None) of a step's per-token rewards, (batch, R); rows come in groups of
+    group_size responses to one prompt, and a group is never split across ranks."""
+    if cfg.algorithm == "ppo":
+        advantages, returns = gae(rewards, old_values, mask, cfg.discount, cfg.lam)
+        return dist.whiten_across_ranks(advantages, mask), returns  # mean and variance over every rank's rollouts
+    if cfg.algorithm == "reinforce_pp":
+        return dist.whiten_across_ranks(returns_to_go(rewards, mask, cfg.discount), mask), None
+    if cfg.algorithm == "grpo":
+        return grpo_advantages(rewards, mask, cfg.responses_per_prompt), None
+    return rloo_advantages(rewards, mask, cfg.responses_per_prompt), None
+
+
+def advantage_stats(advantages: torch.Tensor, mask: torch.Tensor, raw_scores: torch.Tensor, group_size: int) -> dict:
+    """Mean and std of the advantages over response tokens; with groups, the share of prompts whose responses all
+    scored the same (a group that teaches nothing when the KL is in the loss)."""
+    mean = masked_mean(advantages, mask)
+    stats = {"rollout/advantage_mean": mean.item(),
+             "rollout/advantage_std": masked_mean((advantages - mean) ** 2, mask).sqrt().item()}
+    if group_size > 1:
+        groups = raw_scores.view(-1, group_size)
+        stats["rollout/equal_score_groups"] = (groups.max(1).values == groups.min(1).values).float().mean().item()
+    return stats
+
+
 def trim(tensors: dict, rows: torch.Tensor) -> dict:
     """The minibatch `rows`, with columns that are padding in every chosen row cut away."""
     picked = {name: t[rows] for name, t in tensors.items()}
@@ -242,7 +328,7 @@ def run(cfg: Config) -> Path:
     if reward_fn is not None:  # before the run folder exists: a broken function leaves nothing behind
         reward_fn.preflight([prompt for prompt, _ in read_prompts(cfg.prompts)])
     out_dir, device, amp_dtype = start_run(cfg)
-    critic_dir = cfg.critic or cfg.reward_model
+    critic_dir = (cfg.critic or cfg.reward_model) if cfg.uses_critic else ""
 
     # every input is checked before any weights load
     tokenizer = load_chat_tokenizer(cfg.policy)
@@ -270,28 +356,31 @@ def run(cfg: Config) -> Path:
     # with the gold judge or a reward function alone as the reward, the RM folder only starts the critic
     reward_model = None if cfg.reward_source in ("gold", "fn") else \
         load_reward_model(cfg.reward_model, frozen_device).requires_grad_(False)
-    critic = load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
+    critic = None if not cfg.uses_critic else \
+        load_reward_model(resume_from / "critic" if resume_from else critic_dir, device)
     for model in (actor, reference, reward_model, critic):
         if model is not None:
             model.eval()  # dropout off in every role: the rollout policy must be the policy being scored
+    trained_models = [model for model in (actor, critic) if model is not None]
     if cfg.gradient_checkpointing:
-        for model in (actor, critic):
+        for model in trained_models:
             enable_gradient_checkpointing(model, in_eval_mode=True)
     # what the minibatches train through: DDP under torchrun (gradients averaged over ranks), else the models
     train_actor = dist.wrap(actor)
-    critic_values = dist.wrap(critic, forward=response_values)  # (ids, mask, prompt_width) -> (batch, R)
+    # (ids, mask, prompt_width) -> (batch, R)
+    critic_values = None if critic is None else dist.wrap(critic, forward=response_values)
     if dist.is_main():
         save_config(cfg, out_dir / "config.yaml")
 
     minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     total_updates = cfg.steps * cfg.ppo_epochs * minibatches
-    actor_opt = build_optimizer(actor, cfg.learning_rate, cfg.weight_decay)
-    critic_opt = build_optimizer(critic, cfg.critic_learning_rate, cfg.weight_decay)
     schedule = warmup_cosine(0, total_updates, cfg.min_lr_ratio)
-    actor_sched = torch.optim.lr_scheduler.LambdaLR(actor_opt, schedule)
-    critic_sched = torch.optim.lr_scheduler.LambdaLR(critic_opt, schedule)
-    stateful = {"actor_optimizer": actor_opt, "critic_optimizer": critic_opt,
-                "actor_scheduler": actor_sched, "critic_scheduler": critic_sched}
+    optimizers, stateful = [], {}  # (optimizer, scheduler) of the actor, and of the critic when there is one
+    for role, model, lr in (("actor", actor, cfg.learning_rate), ("critic", critic, cfg.critic_learning_rate)):
+        if model is not None:
+            optimizer = build_optimizer(model, lr, cfg.weight_decay)
+            optimizers.append((optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)))
+            stateful.update({f"{role}_optimizer": optimizers[-1][0], f"{role}_scheduler": optimizers[-1][1]})
     state = {"step": 0, "kl_coef": cfg.kl_coef, "reward_mean": 0.0, "reward_std": 1.0, "ptx_blocks": 0,
              "first": None, "last": None}
     if resume_from is not None:
@@ -312,9 +401,11 @@ def run(cfg: Config) -> Path:
     if cfg.ptx_coef > 0:
         blocks = PackedBlocks(cfg.pretrain_data, tokenizer, ptx_seq_len, seed=cfg.seed)
         ptx_batches = blocks.batches(cfg.ptx_batch_size, skip_blocks=state["ptx_blocks"])
+    group_size = cfg.responses_per_prompt
     logger = MetricsLogger(out_dir, cfg.tensorboard, cfg.wandb_project or None, to_dict(cfg), state["step"])
-    print(f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.rollout_batch} rollouts, {cfg.ppo_epochs} epochs "
-          f"of {minibatches} minibatches, beta {state['kl_coef']}, ptx_coef {cfg.ptx_coef}; SFT rewards "
+    print(f"ppo: {cfg.algorithm}, {len(prompts)} prompts, {cfg.steps} steps x {cfg.rollout_batch} rollouts "
+          f"({group_size} per prompt), {cfg.ppo_epochs} epochs of {minibatches} minibatches, beta {state['kl_coef']} "
+          f"(KL in the {'loss' if cfg.kl_in_loss else 'reward'}), ptx_coef {cfg.ptx_coef}; SFT rewards "
           f"{state['reward_mean']:.3f} +- {state['reward_std']:.3f}")
 
     progress = progress_bar(cfg.steps, "ppo", state["step"])
@@ -322,7 +413,9 @@ def run(cfg: Config) -> Path:
     while state["step"] < cfg.steps:
         step = state["step"]
         step_start = time.perf_counter()
-        batch_prompts = dist.shard(step_prompts(prompts, step, cfg.rollout_batch, cfg.seed))  # this rank's share
+        # this rank's share of the step's prompts, each group_size times in a row: a group never spans two ranks
+        batch_prompts = [prompt for prompt in dist.shard(step_prompts(prompts, step, cfg.rollout_batch // group_size,
+                                                                      cfg.seed)) for _ in range(group_size)]
         result, rollout_batch = rollout(actor, tokenizer, [ids for _, ids in batch_prompts], cfg,
                                         dist.rank_seed(cfg.seed * 1_000_003 + step), device)
         generated = time.perf_counter()
@@ -338,7 +431,7 @@ def run(cfg: Config) -> Path:
                 by_length(partial(response_logprobs, actor, temperature=cfg.temperature), *sequences)
             with on_device(reference, device, cfg.offload_frozen):
                 ref_logprobs = by_length(partial(response_logprobs, reference, temperature=cfg.temperature), *sequences)
-            old_values = by_length(partial(response_values, critic), *sequences) * mask
+            old_values = None if critic is None else by_length(partial(response_values, critic), *sequences) * mask
             model_scores = None if cfg.reward_source == "fn" else \
                 response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids, attention_mask,
                                 prompt_width, device)
@@ -347,11 +440,11 @@ def run(cfg: Config) -> Path:
         raw_scores = fn_scores if model_scores is None else model_scores  # the reward source's own scores
         finished = torch.tensor(result.finished, dtype=torch.float32, device=device)
         scores = combined_scores(model_scores, fn_scores, finished, cfg, state["reward_mean"], state["reward_std"])
-        rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, scores, state["kl_coef"])
-        advantages, returns = gae(rewards, old_values, mask, cfg.discount, cfg.lam)
-        advantages = dist.whiten_across_ranks(advantages, mask)  # mean and variance over every rank's rollouts
-        rollout_batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages,
-                             returns=returns)
+        rewards, kl = kl_penalized_rewards(old_logprobs, ref_logprobs, mask, step_scores(cfg, scores),
+                                           0.0 if cfg.kl_in_loss else state["kl_coef"])
+        advantages, returns = step_advantages(cfg, rewards, old_values, mask)
+        rollout_batch.update(old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, advantages=advantages,
+                             **({} if critic is None else {"old_values": old_values, "returns": returns}))
         scored = time.perf_counter()
 
         # train: ppo_epochs passes of shuffled minibatches
@@ -370,6 +463,13 @@ def run(cfg: Config) -> Path:
                     pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_mask,
                                                     cfg.clip_range)
                     actor_loss = pg_loss
+                    if cfg.kl_in_loss:  # GRPO's beta * KL(pi || pi_ref), the k3 estimate per token
+                        # padding reads the actor's own logprob, a KL of 0: the reference's is 0 where by_length
+                        # cut it, and exp(0 - log p) could overflow before the mask zeroes it
+                        mb_ref_logprobs = torch.where(mb_mask.bool(), mb["ref_logprobs"], logprobs.detach())
+                        kl_loss = masked_mean(k3_kl(logprobs, mb_ref_logprobs), mb_mask)
+                        actor_loss = actor_loss + state["kl_coef"] * kl_loss
+                        pg_stats["kl_loss"] = kl_loss.item()
                     if ptx_batches is not None:
                         block = dist.shard(next(ptx_batches)).to(device)  # (ptx_batch_size / ranks, ptx_seq_len + 1)
                         ptx_loss = token_cross_entropy(train_actor(input_ids=block[:, :-1], use_cache=False).logits,
@@ -377,22 +477,23 @@ def run(cfg: Config) -> Path:
                         actor_loss = actor_loss + cfg.ptx_coef * ptx_loss
                         state["ptx_blocks"] += cfg.ptx_batch_size
                         pg_stats["ptx_loss"] = ptx_loss.item()
-                    values = critic_values(mb_ids, mb_attention, mb_prompt)
-                    vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
-                                                   cfg.value_clip_range)
+                    vf_loss, vf_stats = torch.zeros((), device=device), {}
+                    if critic is not None:
+                        values = critic_values(mb_ids, mb_attention, mb_prompt)
+                        vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
+                                                       cfg.value_clip_range)
+                        vf_stats["value_loss"] = vf_loss.item()
                 pg_stats["entropy"] = masked_mean(token_entropy, mb_mask).item()
-                actor_loss.backward()
-                vf_loss.backward()
+                (actor_loss + vf_loss).backward()  # separate models: each gets its own loss's gradients
                 norms = torch.stack([torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-                                     for model in (actor, critic)])
+                                     for model in trained_models])
                 apply = guard.step_ok(step, actor_loss.item() + vf_loss.item(), norms)  # else skip, never apply
-                for optimizer, scheduler in ((actor_opt, actor_sched), (critic_opt, critic_sched)):
+                for optimizer, scheduler in optimizers:
                     if apply:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
-                for key, value in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item(),
-                                   "value_loss": vf_loss.item()}.items():
+                for key, value in {**pg_stats, **vf_stats, "policy_loss": pg_loss.item()}.items():
                     stats.setdefault(key, []).append(value)
         trained = time.perf_counter()
 
@@ -408,6 +509,7 @@ def run(cfg: Config) -> Path:
             **({"rollout/reward_fn": fn_scores.mean().item()} if fn_scores is not None else {}),
             "rollout/kl": kl.sum(1).mean().item(),
             "rollout/kl_coef": state["kl_coef"],
+            **advantage_stats(advantages, mask, raw_scores, group_size),
             "rollout/response_length": lengths.mean().item(),
             "rollout/eos_rate": finished.mean().item(),
             "rollout/tokens": tokens,
@@ -434,18 +536,21 @@ def run(cfg: Config) -> Path:
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
             dist.on_main(save_checkpoint, out_dir, step + 1, plain_model(actor), tokenizer, stateful,
                          {k: v for k, v in state.items() if k != "step"}, cfg.keep_last, rng_states=gather_rng_states(),
-                         write_extra=lambda folder: save_hf_folder(critic, tokenizer, folder / "critic"))
+                         write_extra=None if critic is None else
+                         lambda folder: save_hf_folder(critic, tokenizer, folder / "critic"))
     progress.close()
     logger.close()
 
     final = out_dir / "final"
-    summary = {"steps": state["step"], "reward_mean_sft": state["reward_mean"], "reward_std_sft": state["reward_std"],
+    summary = {"algorithm": cfg.algorithm, "group_size": group_size, "steps": state["step"],
+               "reward_mean_sft": state["reward_mean"], "reward_std_sft": state["reward_std"],
                "kl_coef": state["kl_coef"], "first": state["first"], "last": state["last"]}
     if dist.is_main():
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     last_rollout = {key: value for key, value in (state["last"] or {}).items()  # the last step's
                     if key.startswith("rollout/") and key not in ("rollout/tokens", "rollout/tokens_per_s")}
-    card = model_card("ppo-ptx" if cfg.ptx_coef > 0 else "ppo", tokenizer, base_model=cfg.policy,
+    name = cfg.algorithm.replace("_", "-") + ("-ptx" if cfg.ptx_coef > 0 else "")  # ppo-ptx, grpo, ...
+    card = model_card(name, tokenizer, base_model=cfg.policy,
                       data=[cfg.prompts, *(cfg.pretrain_data if cfg.ptx_coef > 0 else [])], folder=str(final),
                       metrics={"steps": state["step"], **last_rollout})
     dist.on_main(save_hf_folder, plain_model(actor), tokenizer, final, card=card)
