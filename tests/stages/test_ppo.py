@@ -217,3 +217,26 @@ def test_ppo_stops_when_the_reward_function_breaks_mid_run(tiny_world_base, rewa
         ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "out", steps=1, ptx_coef=0.0,
                            reward_fn=f"{path}:two", save_every=0))
     assert read_metrics(tmp_path / "out") == []  # no step was logged
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_scoring_fast_paths_leave_the_metrics_unchanged(tiny_world_base, reward_model_dir, tmp_path, monkeypatch,
+                                                        algorithm):
+    """Scoring by length groups (here of 3 rows) with the LM head at response positions only gives the numbers of
+    plain whole-batch passes that form every position's logits."""
+    from functools import partial
+
+    from chatforge.models import scoring
+
+    world_dir, base = tiny_world_base
+    overrides = dict(steps=2, ptx_coef=0.0, algorithm=algorithm, save_every=0)
+    monkeypatch.setattr(ppo, "by_length", partial(scoring.by_length, chunk_rows=3))
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "fast", **overrides))
+    monkeypatch.setattr(ppo, "by_length", lambda forward, *sequences: forward(*sequences))
+    monkeypatch.setattr(scoring, "takes_logits_to_keep", lambda model_class: False)
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "plain", **overrides))
+    fast, plain = read_metrics(tmp_path / "fast"), read_metrics(tmp_path / "plain")
+    for fast_step, plain_step in zip(fast, plain, strict=True):
+        for key, value in plain_step.items():
+            if key.startswith(("rollout/", "train/")) and key != "rollout/tokens_per_s":
+                assert fast_step[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
