@@ -42,7 +42,8 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         kwargs["logits_to_keep"] = input_ids.shape[1] - prompt_width + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                    use_cache=False, **kwargs).logits
-    return logits[:, logits.shape[1] - (input_ids.shape[1] - prompt_width) - 1:-1].float() / temperature
+    logits = logits[:, logits.shape[1] - (input_ids.shape[1] - prompt_width) - 1:-1].float()
+    return logits / temperature if temperature != 1.0 else logits  # T = 1: no copy of (batch, R, vocab) to divide
 
 
 def unwrapped(model):
