@@ -93,7 +93,8 @@ def two_ranks(toy_corpus, toy_tokenizer_dir, tiny_world_base, comparisons, tmp_p
             *pretrain_and_resume(toy_corpus, toy_tokenizer_dir, root / "pretrain_fsdp", "distributed_strategy=fsdp"),
             sft_args(world_dir, base, root / "sft"),
             rm_args(base, comparisons, root / "rm"),
-            ppo_args(world_dir, base, root / "rm" / "final", root / "ppo")]
+            ppo_args(world_dir, base, root / "rm" / "final", root / "ppo"),
+            [*ppo_args(world_dir, base, root / "rm" / "final", root / "grpo"), "algorithm=grpo", "group_size=2"]]
     (root / "plan.json").write_text(json.dumps([[str(a) for a in argv] for argv in plan]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(Path(__file__).parent / "torchrun_stages.py"), str(root / "plan.json")]
@@ -150,6 +151,17 @@ def test_ppo_two_ranks_run_to_the_end(two_ranks):
     AutoModelForCausalLM.from_pretrained(two_ranks / "ppo" / "final")
     assert (two_ranks / "ppo" / "checkpoints" / "step_0000002" / "critic" / "config.json").exists()
     assert json.loads((two_ranks / "ppo" / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_grpo_two_ranks_run_to_the_end(two_ranks):
+    """GRPO's groups (8 responses: 4 prompts x 2, 2 prompts a rank) with no critic under DDP."""
+    metrics = read_metrics(two_ranks / "grpo")
+    assert [m["step"] for m in metrics] == [1, 2] and "train/kl_loss" in metrics[-1]
+    assert "train/value_loss" not in metrics[-1]
+    checkpoint = two_ranks / "grpo" / "checkpoints" / "step_0000002"
+    assert (checkpoint / "model.safetensors").exists() and not (checkpoint / "critic").exists()
+    assert json.loads((two_ranks / "grpo" / "summary.json").read_text())["algorithm"] == "grpo"
 
 
 def test_single_process_helpers_change_nothing():

@@ -194,13 +194,9 @@ class Config:
                                  f"{self.rollout_batch}")
         for name in ("rollout_batch", "minibatch_size") + (("ptx_batch_size",) if self.ptx_coef > 0 else ()):
             dist.check_divisible("ppo", name, getattr(self, name))
-        ranks, groups = dist.env_world_size(), self.rollout_batch // self.responses_per_prompt
-        if ranks > 1 and groups % ranks:  # each rank samples whole groups, so the prompts must split evenly
-            raise ChatforgeError(f"ppo: rollout_batch / group_size = {groups} prompts a step must be a multiple of the "
-                                 f"{ranks} torchrun processes (WORLD_SIZE): a prompt's group stays on one rank")
 
     def validate_algorithm(self):
-        """The algorithm's group and batch sizes."""
+        """The algorithm's group size, and the step's prompts against it and the torchrun ranks."""
         if self.group_size < 0:
             raise ChatforgeError(f"ppo: field 'group_size' must be >= 0 (0 = the algorithm's default), got "
                                  f"{self.group_size}")
@@ -210,6 +206,10 @@ class Config:
         if self.rollout_batch % self.responses_per_prompt:
             raise ChatforgeError(f"ppo: field 'rollout_batch' = {self.rollout_batch} must be a multiple of group_size "
                                  f"{self.responses_per_prompt} (responses per step = prompts x group_size)")
+        ranks, groups = dist.env_world_size(), self.rollout_batch // self.responses_per_prompt
+        if ranks > 1 and groups % ranks:  # each rank samples whole groups, so the prompts must split evenly
+            raise ChatforgeError(f"ppo: rollout_batch / group_size = {groups} prompts a step must be a multiple of the "
+                                 f"{ranks} torchrun processes (WORLD_SIZE): a prompt's group stays on one rank")
 
 
 def load_rl_prompts(cfg: Config, tokenizer, context: int) -> list[tuple]:
@@ -244,6 +244,14 @@ def step_prompts(prompts: list, step: int, batch: int, seed: int) -> list:
             random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
         chosen.append(prompts[orders[epoch][index]])
     return chosen
+
+
+def rank_step_prompts(prompts: list, step: int, cfg: Config) -> list:
+    """This rank's share of rollout batch `step`: rollout_batch / group_size prompts split over the ranks, each
+    repeated group_size times in a row, so that a group's responses are consecutive rows on one rank."""
+    group_size = cfg.responses_per_prompt
+    chosen = dist.shard(step_prompts(prompts, step, cfg.rollout_batch // group_size, cfg.seed))
+    return [prompt for prompt in chosen for _ in range(group_size)]
 
 
 @torch.no_grad()
@@ -413,9 +421,7 @@ def run(cfg: Config) -> Path:
     while state["step"] < cfg.steps:
         step = state["step"]
         step_start = time.perf_counter()
-        # this rank's share of the step's prompts, each group_size times in a row: a group never spans two ranks
-        batch_prompts = [prompt for prompt in dist.shard(step_prompts(prompts, step, cfg.rollout_batch // group_size,
-                                                                      cfg.seed)) for _ in range(group_size)]
+        batch_prompts = rank_step_prompts(prompts, step, cfg)  # this rank's share, group_size rows per prompt
         result, rollout_batch = rollout(actor, tokenizer, [ids for _, ids in batch_prompts], cfg,
                                         dist.rank_seed(cfg.seed * 1_000_003 + step), device)
         generated = time.perf_counter()

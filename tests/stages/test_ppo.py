@@ -66,10 +66,17 @@ def test_ppo_logs_every_number_and_saves_loadable_models(tiny_world_base, reward
 def test_ppo_resume_gives_the_same_run(tiny_world_base, reward_model_dir, tmp_path):
     """Stopping after step 2 and resuming gives the same steps 3-4 and weights as one uninterrupted run."""
     world_dir, base = tiny_world_base
-    whole = ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "whole"))
-    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "cut", steps=2))
-    resumed = ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "cut"))
-    for key in ("rollout/reward", "train/policy_loss", "train/value_loss", "train/ptx_loss"):
+    assert_resume_matches(lambda out, **fields: ppo.run(ppo_config(world_dir, base, reward_model_dir, out, **fields)),
+                          tmp_path, ("rollout/reward", "train/policy_loss", "train/value_loss", "train/ptx_loss"))
+
+
+def assert_resume_matches(run, tmp_path, keys):
+    """run(out_dir, **fields) for 4 steps in one go, and for 2 then again to 4 in another folder: the same
+    metrics `keys` at every step and the same final weights."""
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "cut", steps=2)
+    resumed = run(tmp_path / "cut")
+    for key in keys:
         expected = [m[key] for m in read_metrics(tmp_path / "whole")]
         got = [m[key] for m in read_metrics(tmp_path / "cut")]
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), key

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from chatforge.cli import main
 from chatforge.data.chat import chat_prompt_ids
 from chatforge.data.formats import read_prompts
+from chatforge.errors import ChatforgeError
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
 from chatforge.losses import kl_penalized_rewards
@@ -18,7 +17,7 @@ from chatforge.metrics import read_metrics
 from chatforge.models.io import load_causal_lm
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.stages import ppo
-from test_ppo import ppo_config, reward_model_dir, run_cli  # noqa: F401  (reward_model_dir: the RM fixture)
+from test_ppo import assert_resume_matches, ppo_config, reward_model_dir, run_cli  # noqa: F401 (the RM fixture)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "ppo.md"
 
@@ -36,14 +35,16 @@ def sampled_gold(world_dir, model_dir, max_new_tokens: int) -> float:
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp"])
 def test_critic_free_algorithms_raise_the_gold_score(tiny_world_base, tmp_path, algorithm):
-    """With reward_source gold the gold judge is the reward: its score must rise over the starting policy's.
-    On this barely pretrained model what can be learnt is to end answers (the judge's cut-off penalty; an empty
-    answer also beats complying with a harmful request): 20 steps of 16 rewards lift it by 0.15-0.2 (seeds 0-3);
-    the same run with no reward model folder at all, since no critic is loaded."""
+    """With reward_source gold the gold judge is the reward: its score must rise over the starting policy's
+    (the same 160 samples drawn from each). On this barely pretrained model what can be learnt is to end answers
+    (the judge's cut-off penalty; an empty answer also beats complying with a harmful request): with these
+    settings the sampled gold score rose by 0.13-0.29 on every seed tried (GRPO 0-3 and 6, RLOO 0-1,
+    REINFORCE++ with groups 0-2), where lr 5e-3 left two GRPO seeds of eight flat. No reward model folder at
+    all: with the gold judge scoring and no critic, none is loaded."""
     world_dir, base = tiny_world_base
     out = tmp_path / algorithm
     final = ppo.run(ppo_config(world_dir, base, "", out, algorithm=algorithm, group_size=4, reward_source="gold",
-                               steps=20, rollout_batch=16, minibatch_size=8, ppo_epochs=2, learning_rate=5e-3,
+                               steps=20, rollout_batch=16, minibatch_size=8, ppo_epochs=2, learning_rate=8e-3,
                                kl_coef=0.01, ptx_coef=0.0, save_every=0))
     start, trained = sampled_gold(world_dir, base, 12), sampled_gold(world_dir, final, 12)
     assert trained > start + 0.1, (start, trained)
@@ -65,16 +66,8 @@ def test_grpo_resume_gives_the_same_run(tiny_world_base, tmp_path):
     (GRPO with its KL in the loss and the ptx loss: every state a critic-free run carries)."""
     world_dir, base = tiny_world_base
     fields = dict(algorithm="grpo", group_size=4, reward_source="gold")
-    whole = ppo.run(ppo_config(world_dir, base, "", tmp_path / "whole", **fields))
-    ppo.run(ppo_config(world_dir, base, "", tmp_path / "cut", steps=2, **fields))
-    resumed = ppo.run(ppo_config(world_dir, base, "", tmp_path / "cut", **fields))
-    for key in ("rollout/reward", "train/policy_loss", "train/kl_loss", "train/ptx_loss"):
-        expected = [m[key] for m in read_metrics(tmp_path / "whole")]
-        got = [m[key] for m in read_metrics(tmp_path / "cut")]
-        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), key
-    weights, resumed_weights = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
-    for name, tensor in weights.items():
-        torch.testing.assert_close(resumed_weights[name], tensor, rtol=1e-5, atol=1e-6)
+    assert_resume_matches(lambda out, **more: ppo.run(ppo_config(world_dir, base, "", out, **fields, **more)),
+                          tmp_path, ("rollout/reward", "train/policy_loss", "train/kl_loss", "train/ptx_loss"))
 
 
 def test_rloo_with_lora_and_the_reward_model(tiny_world_base, reward_model_dir, tmp_path):
@@ -120,6 +113,28 @@ def test_reinforce_pp_with_groups_subtracts_the_group_mean():
     assert plain.responses_per_prompt == 1 and torch.equal(ppo.step_scores(plain, scores), scores)
     grouped = ppo.Config(algorithm="reinforce_pp", group_size=2)
     assert ppo.step_scores(grouped, scores).tolist() == [-1.0, 1.0, -2.0, 2.0]
+
+
+def test_groups_stay_whole_on_each_rank(monkeypatch):
+    """Under torchrun the step's prompts are split over the ranks before each is repeated group_size times: every
+    rank holds whole groups, the ranks together the step's rollout_batch / group_size prompts."""
+    from chatforge import distributed as dist
+
+    prompts = [(f"p{i}", [i]) for i in range(10)]
+    cfg = ppo.Config(algorithm="grpo", group_size=3, rollout_batch=12, seed=0)
+    step = [prompt for prompt, _ in ppo.step_prompts(prompts, 1, 4, 0)]
+    assert [prompt for prompt, _ in ppo.rank_step_prompts(prompts, 1, cfg)] == [p for p in step for _ in range(3)]
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "rank", lambda rank=rank: rank)
+        shares.append([prompt for prompt, _ in ppo.rank_step_prompts(prompts, 1, cfg)])
+    assert shares == [[step[0]] * 3 + [step[2]] * 3, [step[1]] * 3 + [step[3]] * 3]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ChatforgeError, match=r"rollout_batch / group_size = 3 prompts a step must be a multiple of "
+                                             r"the 2 torchrun processes"):
+        ppo.Config(algorithm="grpo", group_size=4, rollout_batch=12).validate_algorithm()
 
 
 def test_algorithm_defaults():
