@@ -63,8 +63,8 @@ from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
                                  load_tokenizer, save_hf_folder)
 from chatforge.models.reward import check_reward_model_dir, load_reward_model
-from chatforge.models.scoring import (by_length, join_rollout, response_logits, response_logprobs, response_values,
-                                      rollout_rewards, token_logprobs_and_entropy)
+from chatforge.models.scoring import (by_length, join_rollout, response_logprobs, response_logprobs_and_entropy,
+                                      response_values, rollout_rewards)
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -463,9 +463,12 @@ def run(cfg: Config) -> Path:
                 mb = trim(rollout_batch, order[first:first + minibatch_size])
                 mb_ids, mb_attention, mb_prompt = join_rollout(mb)
                 mb_mask = mb["response_mask"].float()
+                # by_length in one process only (under DDP a forward must run once per backward)
+                train_rows = len(mb_ids) if dist.world_size() > 1 else 16
                 with autocast(device, amp_dtype):
-                    logits = response_logits(train_actor, mb_ids, mb_attention, mb_prompt, cfg.temperature)
-                    logprobs, token_entropy = token_logprobs_and_entropy(logits, mb["response_ids"])
+                    logprobs, token_entropy = by_length(partial(response_logprobs_and_entropy, train_actor,
+                                                                temperature=cfg.temperature),
+                                                        mb_ids, mb_attention, mb_prompt, train_rows)
                     pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_mask,
                                                     cfg.clip_range)
                     actor_loss = pg_loss
@@ -485,7 +488,7 @@ def run(cfg: Config) -> Path:
                         pg_stats["ptx_loss"] = ptx_loss.item()
                     vf_loss, vf_stats = torch.zeros((), device=device), {}
                     if critic is not None:
-                        values = critic_values(mb_ids, mb_attention, mb_prompt)
+                        values = by_length(critic_values, mb_ids, mb_attention, mb_prompt, train_rows)
                         vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
                                                        cfg.value_clip_range)
                         vf_stats["value_loss"] = vf_loss.item()

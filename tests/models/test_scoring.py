@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
 
-from chatforge.models.scoring import (by_length, position_ids, response_logits, response_logprobs, response_values,
-                                      rollout_rewards, token_logprobs)
+from chatforge.models.scoring import (by_length, position_ids, response_logits, response_logprobs,
+                                      response_logprobs_and_entropy, response_values, rollout_rewards, token_logprobs)
 
 CONFIG = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=64, pad_token_id=0)
@@ -65,3 +65,21 @@ def test_by_length_gives_the_whole_batch_outputs(models, chunk_rows):
     torch.testing.assert_close(logprobs * response_mask, plain_logprobs * response_mask, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(values * response_mask, plain_values * response_mask, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rewards, plain_rewards, atol=1e-5, rtol=1e-5)
+
+
+def test_by_length_with_gradients_gives_the_whole_batch_gradients(models):
+    policy, _ = models
+    ids, mask, width = rollout(7, seed=1)
+    response_mask = mask[:, width:].float()
+
+    def gradients(chunk_rows):
+        policy.zero_grad(set_to_none=True)
+        logprobs, entropy = by_length(partial(response_logprobs_and_entropy, policy), ids, mask, width, chunk_rows)
+        (logprobs * response_mask).sum().backward()
+        return {name: p.grad.clone() for name, p in policy.named_parameters()}, entropy * response_mask
+
+    plain, plain_entropy = gradients(7)
+    grouped, entropy = gradients(2)
+    torch.testing.assert_close(entropy, plain_entropy, atol=1e-5, rtol=1e-5)
+    for name, grad in plain.items():
+        torch.testing.assert_close(grouped[name], grad, atol=1e-5, rtol=1e-4)

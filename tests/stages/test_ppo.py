@@ -227,19 +227,18 @@ def test_ppo_stops_when_the_reward_function_breaks_mid_run(tiny_world_base, rewa
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_scoring_fast_paths_leave_the_metrics_unchanged(tiny_world_base, reward_model_dir, tmp_path, monkeypatch,
-                                                        algorithm):
-    """Scoring by length groups (here of 3 rows) with the LM head at response positions only gives the numbers of
-    plain whole-batch passes that form every position's logits."""
-    from functools import partial
-
+def test_length_groups_and_response_only_logits_leave_the_metrics_unchanged(tiny_world_base, reward_model_dir,
+                                                                           tmp_path, monkeypatch, algorithm):
+    """Scoring and training by length groups (here of 3 rows) with the LM head at response positions only gives
+    the numbers of plain whole-batch passes that form every position's logits."""
     from chatforge.models import scoring
 
     world_dir, base = tiny_world_base
     overrides = dict(steps=2, ptx_coef=0.0, algorithm=algorithm, save_every=0)
-    monkeypatch.setattr(ppo, "by_length", partial(scoring.by_length, chunk_rows=3))
+    monkeypatch.setattr(ppo, "by_length", lambda forward, ids, mask, width, *rows: scoring.by_length(
+        forward, ids, mask, width, 3))
     ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "fast", **overrides))
-    monkeypatch.setattr(ppo, "by_length", lambda forward, *sequences: forward(*sequences))
+    monkeypatch.setattr(ppo, "by_length", lambda forward, ids, mask, width, *rows: forward(ids, mask, width))
     monkeypatch.setattr(scoring, "takes_logits_to_keep", lambda model_class: False)
     ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "plain", **overrides))
     fast, plain = read_metrics(tmp_path / "fast"), read_metrics(tmp_path / "plain")
