@@ -120,7 +120,8 @@ def run_ours(policy_dir, rm_dir, prompts_file, out: Path, args) -> list[dict]:
     if args.algorithm != "ppo":  # the same stage, critic-free, with TRL's choice of where the KL goes
         algorithm = dict(algorithm=args.algorithm, group_size=args.num_generations,
                          kl_in="loss" if args.algorithm == "grpo" else "reward")
-    cfg = ppo.Config(**algorithm, policy=str(policy_dir), reward_model=str(rm_dir), prompts=str(prompts_file), out_dir=str(out),
+    cfg = ppo.Config(**algorithm, policy=str(policy_dir), reward_model=str(rm_dir), prompts=str(prompts_file),
+                     out_dir=str(out),
                      steps=args.steps, rollout_batch=args.batch, max_new_tokens=args.max_new_tokens,
                      temperature=1.0, ppo_epochs=1, minibatch_size=args.batch, learning_rate=LEARNING_RATE,
                      critic_learning_rate=LEARNING_RATE, kl_coef=KL_COEF, ptx_coef=0.0, gold_world="",
@@ -141,7 +142,8 @@ def run_ours(policy_dir, rm_dir, prompts_file, out: Path, args) -> list[dict]:
     rows = [m for m in read_metrics(out) if "time/step_s" in m]
     cpu = [0.0] + [b - a for a, b in zip(cpu_ends, cpu_ends[1:])]  # the first step's (warm-up) is never used
     return [{"step_s": m["time/step_s"], "generate_s": m["time/generate_s"], "score_s": m["time/score_s"],
-             "train_s": m["time/train_s"], "tokens": m["rollout/tokens"], "cpu_s": cpu_s} for m, cpu_s in zip(rows, cpu)]
+             "train_s": m["time/train_s"], "tokens": m["rollout/tokens"], "cpu_s": cpu_s}
+            for m, cpu_s in zip(rows, cpu)]
 
 
 def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> list[dict]:
@@ -151,7 +153,8 @@ def run_trl(policy_dir, rm_dir, prompts: list[list[dict]], out: Path, args) -> l
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    trainer_config, trainer_class = (RLOOConfig, RLOOTrainer) if args.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    rloo = args.algorithm == "rloo"
+    trainer_config, trainer_class = (RLOOConfig, RLOOTrainer) if rloo else (GRPOConfig, GRPOTrainer)
     config = trainer_config(
         output_dir=str(out), max_steps=args.steps, learning_rate=LEARNING_RATE, seed=0,
         # one generation of --batch sequences per optimizer step, trained on in one pass
