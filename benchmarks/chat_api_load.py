@@ -35,6 +35,8 @@ import torch
 from chatforge.generation import SamplingParams, generate
 from chatforge.stages import serve
 
+from _table import Report, add_json_arg  # benchmarks/, the script's own folder
+
 CHAT = [{"role": "user", "content": "Who founded Brightwater, and when?"}]
 
 
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--abandon-after", type=float, default=1.5, help="seconds before an abandoning client hangs up")
     parser.add_argument("--threads", type=int, default=0, help="the server's torch threads (0: torch's default)")
     parser.add_argument("--serve", default="", help=argparse.SUPPRESS)  # the server process's own mode
+    add_json_arg(parser)
     args = parser.parse_args()
     if args.serve:
         return serve_and_report(args.serve, args.threads)
@@ -188,12 +191,12 @@ def main() -> None:
     wait = max((overlap(span, abandoned_work) for span in mixed["spans"]), default=0.0)
     print(f"\nchat API under load: {args.clients} clients (greedy, max_tokens 16), {args.seconds:.0f} s per run, "
           f"server torch threads {args.threads or torch.get_num_threads()}\n")
-    print("| run | requests | p50 ms | p95 ms | max ms | errors | abandoned requests |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for abandoning, row in rows.items():
-        name = f"{args.clients} clients" + (f" + {abandoning} abandoning (n=16)" if abandoning else "")
-        print(f"| {name} | {row['requests']} | {row['p50'] * 1e3:.0f} | {row['p95'] * 1e3:.0f} | {row['max'] * 1e3:.0f} "
-              f"| {row['errors']} | {row['abandoned']} |")
+    bench = Report("chat_api_load", args)
+    bench.table(["run", "requests", "p50 ms", "p95 ms", "max ms", "errors", "abandoned requests"],
+                [[f"{args.clients} clients" + (f" + {abandoning} abandoning (n=16)" if abandoning else ""),
+                  row["requests"], f"{row['p50'] * 1e3:.0f}", f"{row['p95'] * 1e3:.0f}", f"{row['max'] * 1e3:.0f}",
+                  row["errors"], row["abandoned"]] for abandoning, row in rows.items()],
+                align=["---"] + ["---:"] * 6)
     pieces = sorted(end - start for start, end in abandoned_work) or [0.0]
     decode, prefill = sorted(mixed["steps"]["decode"]) or [float("nan")], sorted(mixed["steps"]["prefill"]) or [0.0]
     longest_step = max(decode[-1], prefill[-1])
@@ -206,6 +209,8 @@ def main() -> None:
     print(f"longest work for one gone client = {pieces[-1] / longest_step:.2f} x the longest step; longest wait of a "
           f"normal request behind abandoned work (summed over gone clients): {wait * 1e3:.1f} ms "
           f"(goal: at most one step per gone client)")
+    bench.put(gone_client_work_in_steps=pieces[-1] / longest_step, longest_wait_behind_abandoned_s=wait)
+    bench.write()
 
 
 if __name__ == "__main__":

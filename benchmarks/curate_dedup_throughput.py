@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _table import Report, add_json_arg  # noqa: E402  (benchmarks/, the script's own folder)
+
 SHINGLE, BANDS, ROWS, THRESHOLD, NUM_PERM = 5, 14, 9, 0.7, 128
 
 
@@ -174,6 +176,7 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", default=["ours", "datatrove"])
     parser.add_argument("--root", type=Path, help="reuse the corpus a run left in this folder (made if missing)")
     parser.add_argument("--one", nargs=4, metavar=("TOOL", "DATA", "OUT", "WORKERS"), help=argparse.SUPPRESS)
+    add_json_arg(parser)
     args = parser.parse_args()
     if args.one:
         tool, data, out, workers = args.one
@@ -210,17 +213,22 @@ def main() -> None:
 
     print(f"\nnear-duplicate removal on {n_docs:,} documents (median of {args.repeats} run(s); "
           f"5-word shingles, {BANDS}x{ROWS} bands)\n")
-    print("| workers | tool | docs/s | ours / datatrove | peak MB | ours / datatrove | removed | precision | recall |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    report, table, speedup = Report("curate_dedup_throughput", args), [], {}
     for (tool, workers), row in rows.items():
         base = rows.get(("datatrove", workers))
         speed = f"{row['docs_per_s'] / base['docs_per_s']:.2f}x" if base and tool == "ours" else ""
         memory = f"{row['peak_mb'] / base['peak_mb']:.2f}x" if base and tool == "ours" else ""
-        print(f"| {workers} | {tool} | {row['docs_per_s']:,.0f} | {speed} | {row['peak_mb']:,.0f} | {memory} | "
-              f"{row['removed']:,} | {row['precision']:.3f} | {row['recall']:.3f} |")
+        if speed:
+            speedup[workers] = row["docs_per_s"] / base["docs_per_s"]
+        table.append([workers, tool, f"{row['docs_per_s']:,.0f}", speed, f"{row['peak_mb']:,.0f}", memory,
+                      f"{row['removed']:,}", f"{row['precision']:.3f}", f"{row['recall']:.3f}"])
+    report.table(["workers", "tool", "docs/s", "ours / datatrove", "peak MB", "memory ours / datatrove", "removed",
+                  "precision", "recall"], table)
     theirs, ours = index_bytes_per_doc()
     print(f"\nLSH state per document: datasketch MinHashLSH in-memory index {theirs:,.0f} bytes, "
           f"our band keys {ours:,.0f} bytes ({theirs / ours:.0f}x less)")
+    report.put(speedup_vs_datatrove=speedup, index_bytes_per_doc={"datatrove": theirs, "ours": ours})
+    report.write()
 
 
 if __name__ == "__main__":

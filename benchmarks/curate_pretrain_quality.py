@@ -29,6 +29,8 @@ from chatforge.metrics import read_metrics  # noqa: E402
 from chatforge.stages import curate, pretrain  # noqa: E402
 from chatforge.stages import tokenizer as tokenizer_stage  # noqa: E402
 
+from _table import Report, add_json_arg  # noqa: E402  (benchmarks/, the script's own folder)
+
 
 # the `tiny` preset cut to 2 layers of width 96, so four runs fit in a few minutes at one CPU thread
 MODEL = {"num_hidden_layers": 2, "hidden_size": 96, "intermediate_size": 256, "num_attention_heads": 4}
@@ -56,7 +58,9 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=400_000, help="the word budget of both corpora")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    add_json_arg(parser)
     args = parser.parse_args()
+    bench = Report("curate_pretrain_quality", args)
     root = Path(tempfile.mkdtemp(prefix="curate-quality-"))
     started = time.perf_counter()
 
@@ -91,14 +95,14 @@ def main() -> None:
     print(f"curation: near-dup P/R {report['near_dup_precision']:.3f}/{report['near_dup_recall']:.3f}, "
           f"quality AUC {report['quality_auc']:.3f}, junk removed {report['junk_removed_share']:.1%}, "
           f"crawl epochs in the curated mix {report['sources']['crawl']['epochs']:.2f}\n")
-    print("| corpus | words | held-out loss (median) | per seed | perplexity |")
-    print("|---|---|---|---|---|")
-    for name in corpora:
-        median = statistics.median(losses[name])
-        print(f"| {name} | {words[name]:,} | {median:.4f} | {', '.join(f'{x:.4f}' for x in losses[name])} | "
-              f"{2.718281828 ** median:.2f} |")
+    bench.table(["corpus", "words", "held-out loss (median)", "per seed", "perplexity"],
+                [[name, f"{words[name]:,}", f"{statistics.median(losses[name]):.4f}",
+                  ", ".join(f"{x:.4f}" for x in losses[name]), f"{2.718281828 ** statistics.median(losses[name]):.2f}"]
+                 for name in corpora])
     print(f"\ncurated / raw held-out loss: {curated / raw:.3f} (lower is better; perplexity ratio "
           f"{2.718281828 ** (curated - raw):.3f})")
+    bench.put(loss_ratio_curated_vs_raw=curated / raw, curation=report)
+    bench.write()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _table import Report, add_json_arg  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +34,10 @@ def make_corpus(folder: Path) -> tuple[Path, Path]:
 
     world = world_stage.run(world_stage.Config(out_dir=folder / "world", n_people=20, n_towns=6, train_docs=3000,
                                                val_docs=10, train_demos=10, val_demos=5, rl_prompts=10,
-                                               eval_prompts=5, calibration_prompts=10))
+                                               eval_prompts=5, calibration_prompts=10,
+                                               # pretraining reads only the corpus; 10 calibration prompts cannot
+                                               # reach the default 0.73 agreement, so the world stage would stop
+                                               labeler_agreement=0.6))
     corpus = world / "corpus" / "train.jsonl"
     tokenizer.run(tokenizer.Config(corpus=[str(corpus)], out_dir=str(folder / "tok"), vocab_size=1024))
     return corpus, folder / "tok"
@@ -64,7 +69,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16, help="global batch (each of N ranks takes 1/N)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--device", default="cpu")
+    add_json_arg(parser)
     args = parser.parse_args()
+    report = Report("ddp_scaling", args)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         corpus, tok = make_corpus(folder)
@@ -76,10 +83,10 @@ def main() -> None:
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     print(f"\npretrain, preset {args.preset}, seq_len {args.seq_len}, global batch {args.batch_size}, "
           f"{args.threads} thread(s) per process, {args.device}, median of {args.repeats} runs")
-    print("| processes | tokens/s (all ranks) | ratio to 1 process |")
-    print("|---|---|---|")
-    print(f"| 1 | {one:,.0f} | 1.00x |")
-    print(f"| 2 | {two:,.0f} | {two / one:.2f}x |")
+    report.table(["processes", "tokens/s (all ranks)", "ratio to 1 process"],
+                 [[1, f"{one:,.0f}", "1.00x"], [2, f"{two:,.0f}", f"{two / one:.2f}x"]])
+    report.put(scaling_2_processes=two / one)
+    report.write()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from chatforge.generation import SamplingParams, generate
 
+from _table import Report, add_json_arg  # benchmarks/, the script's own folder
+
 MODELS = {
     "llama-1M": dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                      num_attention_heads=4, num_key_value_heads=4),
@@ -110,7 +112,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    add_json_arg(parser)
     args = parser.parse_args()
+    report = Report("generation_throughput", args)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device}" + ("" if device.type == "cuda" else f", {torch.get_num_threads()} threads")
@@ -136,13 +140,14 @@ def main() -> None:
                 ours_tps, hf_tps, tokens = measure(model, prompts, args.new_tokens, device, stop_ids, args.repeats)
                 rows.append((label, batch, "spread", tokens / batch, ours_tps, hf_tps))
 
-    header = (f"| {'model':<17} | {'batch':>5} | {'stops':<6} | {'mean len':>8} | {'ours tok/s':>10} "
-              f"| {'HF generate tok/s':>17} | {'ours/HF':>7} |")
-    print(header)
-    print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
-    for label, batch, stops, mean_len, ours_tps, hf_tps in rows:
-        print(f"| {label:<17} | {batch:>5} | {stops:<6} | {mean_len:>8.1f} | {ours_tps:>10.0f} "
-              f"| {hf_tps:>17.0f} | {ours_tps / hf_tps:>6.2f}x |")
+    report.table(["model", "batch", "stops", "mean len", "ours tok/s", "HF generate tok/s", "ours/HF"],
+                 [[label, batch, stops, f"{mean_len:.1f}", f"{ours_tps:.0f}", f"{hf_tps:.0f}",
+                   f"{ours_tps / hf_tps:.2f}x"] for label, batch, stops, mean_len, ours_tps, hf_tps in rows],
+                 align=["---", "---:", "---", "---:", "---:", "---:", "---:"])
+    for batch in args.batches:  # the smallest ours/HF over model sizes and stop patterns, per batch size
+        ratios = [ours_tps / hf_tps for _, b, _, _, ours_tps, hf_tps in rows if b == batch]
+        report.put(**{f"min_ratio_batch{batch}": min(ratios)})
+    report.write()
 
 
 if __name__ == "__main__":

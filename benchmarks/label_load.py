@@ -24,6 +24,8 @@ from pathlib import Path
 from chatforge.serve.label.load import check_stored, flood_sign_ins, prepare_load_db, simulate_labelers
 from chatforge.serve.label.server import serve_in_subprocess
 
+from _table import Report, add_json_arg  # benchmarks/, the script's own folder
+
 
 def one_run(labelers: int, seconds: float, folder: Path, flood: int, synchronous: str) -> dict:
     db = str(folder / f"load-{labelers}.db")
@@ -59,7 +61,9 @@ def main() -> None:
                                                                "(each setting runs without, then with; 0 = off)")
     parser.add_argument("--synchronous", default="FULL", help="comma-separated SQLite synchronous settings")
     parser.add_argument("--dir", default=None, help="folder for the databases (default: the system temp folder)")
+    add_json_arg(parser)
     args = parser.parse_args()
+    report = Report("label_load", args)
     counts = [int(n) for n in args.labelers.split(",")]
     settings = [(sync, labelers, flood) for sync in args.synchronous.split(",") for labelers in counts
                 for flood in ([0, args.flood] if args.flood else [0])]
@@ -75,20 +79,21 @@ def main() -> None:
             rows[setting]["lost"] = sum(run["lost"] for run in runs)
             rows[setting]["failures"] = sum(run["failures"] for run in runs)
     print(f"\nlabeling app under load: {args.seconds:.0f} s per run, median of {args.repeats} run(s)\n")
-    print("| synchronous | labelers | flood threads | labels/s | submit p50 ms | submit p95 ms | page p50 ms "
-          "| page p95 ms | labels (median) | lost or duplicated | failed requests | flood sign-ins/s (401 / 429) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (sync, labelers, flood), row in rows.items():
-        print(f"| {sync} | {labelers} | {flood} | {row['per_s']:.1f} | {row['submit_p50_ms']:.0f} | "
-              f"{row['submit_p95_ms']:.0f} | {row['page_p50_ms']:.0f} | {row['page_p95_ms']:.0f} | "
-              f"{row['labels']:.0f} | {row['lost']} | {row['failures']} | "
-              f"{row['flood_per_s']:.0f} ({row['flood_401']:.0f} / {row['flood_429']:.0f}) |")
+    report.table(["synchronous", "labelers", "flood threads", "labels/s", "submit p50 ms", "submit p95 ms",
+                  "page p50 ms", "page p95 ms", "labels (median)", "lost or duplicated", "failed requests",
+                  "flood sign-ins/s (401 / 429)"],
+                 [[sync, labelers, flood, f"{row['per_s']:.1f}", f"{row['submit_p50_ms']:.0f}",
+                   f"{row['submit_p95_ms']:.0f}", f"{row['page_p50_ms']:.0f}", f"{row['page_p95_ms']:.0f}",
+                   f"{row['labels']:.0f}", row["lost"], row["failures"],
+                   f"{row['flood_per_s']:.0f} ({row['flood_401']:.0f} / {row['flood_429']:.0f})"]
+                  for (sync, labelers, flood), row in rows.items()], align=["---"] + ["---:"] * 11)
     print()
     for sync, labelers, flood in settings:
         if flood:  # signed-in pages under the flood against without it (goal: within 2x)
             quiet, flooded = rows[(sync, labelers, 0)]["page_p50_ms"], rows[(sync, labelers, flood)]["page_p50_ms"]
             print(f"{sync}, {labelers} labelers: page p50 {quiet:.0f} ms without the flood, {flooded:.0f} ms with "
                   f"{flood} threads of wrong sign-ins: {flooded / quiet:.2f}x")
+            report.put(**{f"flood_page_ratio_{sync}_{labelers}": flooded / quiet})
     syncs = args.synchronous.split(",")
     if "FULL" in syncs and "NORMAL" in syncs:
         for labelers in counts:
@@ -96,6 +101,8 @@ def main() -> None:
             print(f"{labelers} labelers: synchronous=FULL {full['per_s']:.1f} labels/s, submit p50 "
                   f"{full['submit_p50_ms']:.0f} ms; NORMAL {normal['per_s']:.1f} labels/s, submit p50 "
                   f"{normal['submit_p50_ms']:.0f} ms: FULL gives {full['per_s'] / normal['per_s']:.2f}x the labels/s")
+            report.put(**{f"full_vs_normal_{labelers}": full["per_s"] / normal["per_s"]})
+    report.write()
 
 
 if __name__ == "__main__":

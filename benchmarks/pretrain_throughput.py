@@ -28,6 +28,8 @@ from chatforge.optim import build_optimizer  # noqa: E402
 from chatforge.runtime import autocast, autocast_dtype  # noqa: E402
 from chatforge.stages.pretrain import lm_loss  # noqa: E402
 
+from _table import Report, add_json_arg  # noqa: E402  (benchmarks/, the script's own folder)
+
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
     """Median FLOP/s of a (size x size) @ (size x size) matmul."""
@@ -106,7 +108,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer presets and windows")
     parser.add_argument("--presets", default=None, help="comma-separated presets (default by device)")
+    add_json_arg(parser)
     args = parser.parse_args()
+    report = Report("pretrain_throughput", args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp_dtype = autocast_dtype("auto", device)
     peak_dtype = amp_dtype or torch.float32
@@ -126,13 +130,18 @@ def main():
     print(f"device: {device} ({torch.get_num_threads()} threads), autocast: {amp_dtype}, torch {torch.__version__}")
     print(f"matmul peak ({str(peak_dtype).replace('torch.', '')}, best of sizes {sizes}): {peak / 1e9:,.1f} GFLOP/s")
     print(f"batch {batch} x seq {seq_len}, vocab {vocab}; medians of {windows} windows x {steps} steps\n")
-    print("| preset | params | tokens/s | achieved GFLOP/s | MFU (achieved / peak) |")
-    print("|---|---|---|---|---|")
+    rows, peak_fraction = [], {}
     for preset in presets:
         rate, params, fpt = train_rate(preset, vocab, seq_len, batch, device, amp_dtype, windows, steps)
         achieved = rate * fpt
-        print(f"| {preset} | {params / 1e6:.2f}M | {rate:,.0f} | {achieved / 1e9:,.2f} | {achieved / peak:.3f} |")
-    print(f"\ndata path (tokenize + pack, one process): {data_rate(seq_len):,.0f} tokens/s")
+        peak_fraction[preset] = achieved / peak
+        rows.append([preset, f"{params / 1e6:.2f}M", f"{rate:,.0f}", f"{achieved / 1e9:,.2f}",
+                     f"{achieved / peak:.3f}"])
+    report.table(["preset", "params", "tokens/s", "achieved GFLOP/s", "MFU (achieved / peak)"], rows)
+    data_tokens_per_s = data_rate(seq_len)
+    print(f"\ndata path (tokenize + pack, one process): {data_tokens_per_s:,.0f} tokens/s")
+    report.put(peak_fraction=peak_fraction, peak_flops=peak, data_tokens_per_s=data_tokens_per_s)
+    report.write()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """SFT and reward-model training speed: chatforge's stages against TRL's SFTTrainer and RewardTrainer.
 
 Same tiny Llama (the demo's `tiny` preset, random init), same built-in-world data, same batch size,
-one epoch, CPU. Each run is timed whole (data preparation + training, model load excluded for both)
+one epoch, CPU in fp32 (TRL's configs default to bf16 autocast, switched off here as ours runs fp32 on
+CPU). Each run is timed whole (data preparation + training, model load excluded for both)
 and repeated; medians are printed with the ratio ours / TRL.
 
   SFT: tokens/s = tokens of the tokenized chats / seconds, packed (TRL packing="bfd") and unpacked.
@@ -40,6 +41,8 @@ from chatforge.world.facts import World  # noqa: E402
 from chatforge.world.gold import GoldScorer  # noqa: E402
 from chatforge.world.labeler import label_pools  # noqa: E402
 from chatforge.world.tasks import all_tasks  # noqa: E402
+
+from _table import Report, add_json_arg  # noqa: E402  (benchmarks/, the script's own folder)
 
 BATCH = 8
 MAX_LEN = 256
@@ -103,7 +106,7 @@ def trl_sft(model_dir, tokenizer, messages, out: Path, packing: bool):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     args = SFTConfig(output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
                      max_length=MAX_LEN, packing=packing, assistant_only_loss=True, save_strategy="no",
-                     report_to="none", use_cpu=True, logging_steps=1000, disable_tqdm=True, dataloader_num_workers=0)
+                     report_to="none", use_cpu=True, bf16=False, logging_steps=1000, disable_tqdm=True, dataloader_num_workers=0)
 
     def train():
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"messages": m} for m in messages]),
@@ -126,7 +129,8 @@ def trl_rm(model_dir, tokenizer, pairs, out: Path):
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
-                        max_length=MAX_LEN, save_strategy="no", report_to="none", use_cpu=True, logging_steps=1000,
+                        max_length=MAX_LEN, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+                        logging_steps=1000,
                         disable_tqdm=True, dataloader_num_workers=0)
     rows = [{"chosen": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}],
              "rejected": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["rejected"]}]}
@@ -142,7 +146,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--demos", type=int, default=1500)
     parser.add_argument("--rankings", type=int, default=250)
+    add_json_arg(parser)
     args = parser.parse_args()
+    report = Report("sft_rm_vs_trl", args)
     import transformers
     import trl
 
@@ -179,9 +185,7 @@ def main():
     print(f"\nchatforge vs TRL {trl.__version__} (transformers {transformers.__version__}, torch {torch.__version__}), "
           f"CPU {torch.get_num_threads()} threads; tiny Llama, batch {BATCH}, max_len {MAX_LEN}, 1 epoch, "
           f"median of {args.repeats}\n")
-    print("| run | data | ours s | TRL s | ours rate | TRL rate | ours / TRL |")
-    print("|---|---|---|---|---|---|---|")
-    n_pairs = len(pairs)
+    n_pairs, rows, speedup = len(pairs), [], {}
     for name, (ours_s, trl_s) in seconds.items():
         o, t = statistics.median(ours_s), statistics.median(trl_s)
         if name.startswith("sft"):
@@ -191,7 +195,11 @@ def main():
         else:
             data, rate_o, rate_t, unit = (f"{len(rankings)} rankings = {n_pairs} pairs; tokens scored: ours "
                                           f"{k4_tokens:,}, TRL {pair_tokens:,}"), n_pairs / o, n_pairs / t, "pairs/s"
-        print(f"| {name} | {data} | {o:.1f} | {t:.1f} | {rate_o:,.0f} {unit} | {rate_t:,.0f} {unit} | {t / o:.2f}x |")
+        rows.append([name, data, f"{o:.1f}", f"{t:.1f}", f"{rate_o:,.0f} {unit}", f"{rate_t:,.0f} {unit}", f"{t / o:.2f}x"])
+        speedup[name] = t / o
+    report.table(["run", "data", "ours s", "TRL s", "ours rate", "TRL rate", "ours / TRL"], rows)
+    report.put(speedup=speedup)  # TRL seconds / ours, per run
+    report.write()
 
 
 if __name__ == "__main__":

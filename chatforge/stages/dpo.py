@@ -39,7 +39,7 @@ from chatforge.losses import dpo_loss
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import check_tokenizer_fits, load_causal_lm, save_hf_folder
-from chatforge.models.scoring import token_logprobs
+from chatforge.models.scoring import takes_logits_to_keep, token_logprobs, unwrapped
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -108,10 +108,20 @@ def check_loss_fields(cfg, stage: str) -> None:
 
 def sequence_logprobs(model, ids: torch.Tensor, mask: torch.Tensor,
                       response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-prob of each sequence's response tokens, their count), both (rows,); sequences right-padded."""
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()  # (rows, seq-1, vocab)
-    target = response_mask[:, 1:].to(logits.dtype)  # the logits at t predict token t + 1
-    return (token_logprobs(logits, ids[:, 1:]) * target).sum(1), target.sum(1)
+    """(summed log-prob of each sequence's response tokens, their count), both (rows,); sequences right-padded.
+
+    The LM head runs from the first position that predicts a response token in any row, and the log-softmax
+    only where one is predicted: on a small model they are a large share of the step."""
+    target = response_mask[:, 1:].bool()  # the logits at t predict token t + 1
+    first = int(target.float().argmax(1).min())  # 0 when a row has no response token: then every position
+    kwargs = {"logits_to_keep": ids.shape[1] - first} if takes_logits_to_keep(type(unwrapped(model))) else {}
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+    logits = logits[:, logits.shape[1] - (ids.shape[1] - first):-1]  # (rows, seq - 1 - first, vocab)
+    target = target[:, first:]
+    per_token = token_logprobs(logits[target].float(), ids[:, first + 1:][target])  # (response tokens,)
+    sums = torch.zeros(len(ids), dtype=per_token.dtype, device=ids.device).index_add(0, target.nonzero()[:, 0],
+                                                                                      per_token)
+    return sums, target.sum(1).to(per_token.dtype)
 
 
 def pair_indices(sizes: list[int], pairs: str, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -61,9 +62,9 @@ from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
                                  load_tokenizer, save_hf_folder)
-from chatforge.models.reward import check_reward_model_dir, load_reward_model, sequence_rewards
-from chatforge.models.scoring import (join_rollout, response_logits, response_logprobs, response_values,
-                                      token_logprobs_and_entropy)
+from chatforge.models.reward import check_reward_model_dir, load_reward_model
+from chatforge.models.scoring import (by_length, join_rollout, response_logprobs, response_logprobs_and_entropy,
+                                      response_values, rollout_rewards)
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -269,10 +270,8 @@ def response_scores(cfg: Config, reward_model, judge, batch_prompts: list, texts
     if cfg.reward_source == "gold":
         gold = judge([prompt for prompt, _ in batch_prompts], texts)
         return torch.tensor(gold, dtype=torch.float32, device=device)
-    response_mask = attention_mask.clone()
-    response_mask[:, :prompt_width] = 0  # an RM with a likelihood weight scores the response tokens' likelihood
     with on_device(reward_model, device, cfg.offload_frozen):
-        return sequence_rewards(reward_model, input_ids, attention_mask, response_mask)
+        return by_length(partial(rollout_rewards, reward_model), input_ids, attention_mask, prompt_width)
 
 
 def combined_scores(model_scores: torch.Tensor | None, fn_scores: torch.Tensor | None, finished: torch.Tensor,
@@ -429,17 +428,17 @@ def run(cfg: Config) -> Path:
         generated = time.perf_counter()
 
         # score: logprobs of both policies, values, rewards -> advantages (nothing here gets gradients)
-        input_ids, attention_mask, prompt_width = join_rollout(rollout_batch)
+        sequences = input_ids, attention_mask, prompt_width = join_rollout(rollout_batch)
         mask = rollout_batch["response_mask"].float()  # (batch, R)
         with torch.no_grad(), autocast(device, amp_dtype):
             # in fp32 the sampler's own logprobs match a fresh forward pass to ~1e-5, so that pass is skipped;
             # under bf16 the cached decoding drifts from a full pass, and the PPO ratio must start at 1
+            # by_length: rows of similar length together, so little compute goes to padding
             old_logprobs = rollout_batch["logprobs"] if amp_dtype is None else \
-                response_logprobs(actor, input_ids, attention_mask, prompt_width, cfg.temperature)
+                by_length(partial(response_logprobs, actor, temperature=cfg.temperature), *sequences)
             with on_device(reference, device, cfg.offload_frozen):
-                ref_logprobs = response_logprobs(reference, input_ids, attention_mask, prompt_width, cfg.temperature)
-            old_values = None if critic is None else response_values(critic, input_ids, attention_mask,
-                                                                      prompt_width) * mask
+                ref_logprobs = by_length(partial(response_logprobs, reference, temperature=cfg.temperature), *sequences)
+            old_values = None if critic is None else by_length(partial(response_values, critic), *sequences) * mask
             model_scores = None if cfg.reward_source == "fn" else \
                 response_scores(cfg, reward_model, judge, batch_prompts, result.texts, input_ids, attention_mask,
                                 prompt_width, device)
@@ -465,14 +464,20 @@ def run(cfg: Config) -> Path:
                 mb = trim(rollout_batch, order[first:first + minibatch_size])
                 mb_ids, mb_attention, mb_prompt = join_rollout(mb)
                 mb_mask = mb["response_mask"].float()
+                # by_length in one process only (under DDP a forward must run once per backward)
+                train_rows = len(mb_ids) if dist.world_size() > 1 else 16
                 with autocast(device, amp_dtype):
-                    logits = response_logits(train_actor, mb_ids, mb_attention, mb_prompt, cfg.temperature)
-                    logprobs, token_entropy = token_logprobs_and_entropy(logits, mb["response_ids"])
+                    logprobs, token_entropy = by_length(partial(response_logprobs_and_entropy, train_actor,
+                                                                temperature=cfg.temperature),
+                                                        mb_ids, mb_attention, mb_prompt, train_rows)
                     pg_loss, pg_stats = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb_mask,
                                                     cfg.clip_range)
                     actor_loss = pg_loss
                     if cfg.kl_in_loss:  # GRPO's beta * KL(pi || pi_ref), the k3 estimate per token
-                        kl_loss = masked_mean(k3_kl(logprobs, mb["ref_logprobs"]), mb_mask)
+                        # padding reads the actor's own logprob, a KL of 0: the reference's is 0 where by_length
+                        # cut it, and exp(0 - log p) could overflow before the mask zeroes it
+                        mb_ref_logprobs = torch.where(mb_mask.bool(), mb["ref_logprobs"], logprobs.detach())
+                        kl_loss = masked_mean(k3_kl(logprobs, mb_ref_logprobs), mb_mask)
                         actor_loss = actor_loss + state["kl_coef"] * kl_loss
                         pg_stats["kl_loss"] = kl_loss.item()
                     if ptx_batches is not None:
@@ -484,7 +489,7 @@ def run(cfg: Config) -> Path:
                         pg_stats["ptx_loss"] = ptx_loss.item()
                     vf_loss, vf_stats = torch.zeros((), device=device), {}
                     if critic is not None:
-                        values = critic_values(mb_ids, mb_attention, mb_prompt)
+                        values = by_length(critic_values, mb_ids, mb_attention, mb_prompt, train_rows)
                         vf_loss, vf_stats = value_loss(values, mb["old_values"], mb["returns"], mb_mask,
                                                        cfg.value_clip_range)
                         vf_stats["value_loss"] = vf_loss.item()

@@ -50,6 +50,24 @@ def test_pair_indices_all_and_best_vs_rest():
     assert list(zip(chosen.tolist(), rejected.tolist())) == [(0, 1), (0, 2), (3, 4)]
 
 
+def test_sequence_logprobs_only_at_response_positions_match_the_full_pass():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from chatforge.models.scoring import token_logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=1, num_attention_heads=4)).eval()
+    ids = torch.randint(1, 61, (3, 10))
+    mask = torch.tensor([[1] * 10, [1] * 7 + [0] * 3, [1] * 5 + [0] * 5])
+    response_mask = mask.clone()
+    response_mask[0, :6], response_mask[1, :3], response_mask[2, :4] = 0, 0, 0  # prompts of 6, 3 and 4 tokens
+    sums, counts = dpo.sequence_logprobs(model, ids, mask, response_mask)
+    full = token_logprobs(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), ids[:, 1:])
+    torch.testing.assert_close(sums, (full * response_mask[:, 1:]).sum(1), atol=1e-5, rtol=1e-5)
+    assert counts.tolist() == [4.0, 4.0, 1.0]
+
+
 def test_dpo_learns_the_training_pairs_and_saves_a_causal_lm(tiny_world_base, comparison_files, tmp_path):
     _, base = tiny_world_base
     train, val = comparison_files

@@ -232,3 +232,25 @@ def test_ppo_takes_a_temperature_below_one_and_refuses_zero(tiny_world_base, rew
     assert run_cli(world_dir, base, reward_model_dir, tmp_path / "out", "temperature=0") == 2
     assert "field 'temperature' must be > 0, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_length_groups_and_response_only_logits_leave_the_metrics_unchanged(tiny_world_base, reward_model_dir,
+                                                                           tmp_path, monkeypatch, algorithm):
+    """Scoring and training by length groups (here of 3 rows) with the LM head at response positions only gives
+    the numbers of plain whole-batch passes that form every position's logits."""
+    from chatforge.models import scoring
+
+    world_dir, base = tiny_world_base
+    overrides = dict(steps=2, ptx_coef=0.0, algorithm=algorithm, save_every=0)
+    monkeypatch.setattr(ppo, "by_length", lambda forward, ids, mask, width, *rows: scoring.by_length(
+        forward, ids, mask, width, 3))
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "fast", **overrides))
+    monkeypatch.setattr(ppo, "by_length", lambda forward, ids, mask, width, *rows: forward(ids, mask, width))
+    monkeypatch.setattr(scoring, "takes_logits_to_keep", lambda model_class: False)
+    ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / "plain", **overrides))
+    fast, plain = read_metrics(tmp_path / "fast"), read_metrics(tmp_path / "plain")
+    for fast_step, plain_step in zip(fast, plain, strict=True):
+        for key, value in plain_step.items():
+            if key.startswith(("rollout/", "train/")) and key != "rollout/tokens_per_s":
+                assert fast_step[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
