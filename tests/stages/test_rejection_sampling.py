@@ -36,12 +36,14 @@ def test_select_best_keeps_each_prompts_best():
 
 def test_rejection_sampling_raises_the_gold_score(tiny_world_base, tmp_path):
     world_dir, base = tiny_world_base
-    final = rs.run(config(world_dir, base, tmp_path / "rs"))
+    # 8 rounds of 16 samples: the gain of seeds 0-3 was +0.22 / +0.25 / +0.21 / +0.18; with 5 rounds of 8 it
+    # was +0.00 to +0.13 on one machine's float path and -0.49 -> -0.34 / -0.34 / -0.38 on another's
+    final = rs.run(config(world_dir, base, tmp_path / "rs", rounds=8, n=16))
     metrics = read_metrics(tmp_path / "rs")
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert ROUND_KEYS <= set(metrics[0]), ROUND_KEYS - set(metrics[0])
     gold = [m["samples/gold_score"] for m in metrics]  # all 40 prompts each round: the rounds compare
-    assert gold[-1] > gold[0] + 0.05, gold  # seeds 0-2 on the tiny world: -0.49 -> -0.34, -0.50 -> -0.34, -0.49 -> -0.38
+    assert gold[-1] > gold[0] + 0.05, gold
     assert all(m["kept/gold_score"] > m["samples/gold_score"] for m in metrics)
     AutoModelForCausalLM.from_pretrained(final)
     assert "chat_template" in json.loads((final / "tokenizer_config.json").read_text()) or \
@@ -50,7 +52,7 @@ def test_rejection_sampling_raises_the_gold_score(tiny_world_base, tmp_path):
     kept = [json.loads(line) for line in (tmp_path / "rs" / "rounds" / "round_1.jsonl").open()]
     assert len(kept) == metrics[0]["kept/count"] and {"prompt", "response", "score", "gold_score"} <= set(kept[0])
     summary = json.loads((tmp_path / "rs" / "summary.json").read_text())
-    assert summary["rounds"] == 5 and summary["last"]["samples/gold_score"] == gold[-1]
+    assert summary["rounds"] == 8 and summary["last"]["samples/gold_score"] == gold[-1]
 
 
 def test_rejection_sampling_resume_gives_the_uninterrupted_weights(tiny_world_base, random_reward_model_dir,
