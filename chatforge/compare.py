@@ -83,7 +83,7 @@ class Config:
     eval_prompts: int = opt(200, "held-out prompts each policy answers")
     eval_samples: int = opt(2, "T=1 answers per prompt and model")
     quick: bool = opt(False, "one seed (the first), quick_samples, quick_eval_prompts, quick_pretrain_steps and "
-                             "eval.ppl_tokens 16384: the whole table in about 15 minutes on 2 CPU cores")
+                             "eval.ppl_tokens 16384: the whole table in about 10 minutes on 2 CPU cores")
     quick_samples: int = opt(2048, "samples with quick=true")
     quick_eval_prompts: int = opt(100, "eval_prompts with quick=true")
     quick_pretrain_steps: int = opt(600, "pretraining steps with quick=true (unless pretrain.max_steps is given)")

@@ -448,9 +448,19 @@ def _pick(logits: torch.Tensor, params: SamplingParams, generator) -> tuple[torc
         # drop a token when the ones before it already cover top_p (the top token always stays)
         outside = probs.cumsum(-1) - probs > params.top_p
         candidates = candidates.masked_fill(outside, float("-inf"))
-    choice = torch.multinomial(candidates.softmax(-1), 1, generator=generator)  # (rows, 1)
-    tokens = candidate_ids.gather(-1, choice).squeeze(-1) if candidate_ids is not None else choice.squeeze(-1)
+    choice = sample_rows(candidates.softmax(-1), generator)  # (rows,)
+    tokens = candidate_ids.gather(-1, choice[:, None]).squeeze(-1) if candidate_ids is not None else choice
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def sample_rows(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One index per row of `probs` (rows, n), drawn with those probabilities: inverse-CDF sampling, one uniform
+    number a row. torch.multinomial on CPU took ~10x longer at 64 rows of 2k (it draws far more randomness)."""
+    cdf = probs.cumsum(-1)
+    drawn = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, drawn, right=True).squeeze(-1)  # cdf[i-1] <= u < cdf[i]: never a 0-prob index
+    # u can round up to the total; then the last index may have probability 0: take the likeliest instead
+    return torch.where(index < probs.shape[-1], index, probs.argmax(-1))
 
 
 def _decode_batch(model, prompts: list[list[int]], indices: list[int], params: SamplingParams,

@@ -257,3 +257,14 @@ def test_model_mode_is_restored_and_bad_params_are_reported():
         generate(model, None, PROMPTS, greedy(2, do_sample=True, top_p=0.0))
     with pytest.raises(ChatforgeError, match="tokenizer"):
         generate(model, None, ["text needs a tokenizer"], greedy(2))
+
+
+def test_sample_rows_draws_each_index_with_its_probability_and_never_a_zero_one():
+    from chatforge.generation import sample_rows
+
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.2, 0.7, 0.0]]).repeat(100_000, 1)
+    drawn = sample_rows(probs, torch.Generator().manual_seed(0))
+    shares = torch.bincount(drawn, minlength=6) / len(drawn)
+    torch.testing.assert_close(shares, probs[0], atol=0.005, rtol=0)
+    assert set(drawn.tolist()) == {1, 3, 4}
+    assert sample_rows(torch.tensor([[0.0, 1.0, 0.0]]), torch.Generator().manual_seed(1)).tolist() == [1]

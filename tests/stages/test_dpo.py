@@ -167,3 +167,4 @@ def test_dpo_two_ranks_match_one_process(tiny_world_base, comparison_files, tmp_
         one = [m[key] for m in read_metrics(tmp_path / "one") if key in m]
         two = [m[key] for m in read_metrics(tmp_path / "two") if key in m]
         assert len(one) == 8 and two == pytest.approx(one, rel=1e-4)  # gloo sums in another order: ~1e-7
+

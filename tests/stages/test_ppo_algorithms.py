@@ -179,3 +179,16 @@ def test_grpo_tiny_config_reads_the_demo_run():
     assert cfg.policy == "runs/demo/sft/best" and cfg.reward_model == "runs/demo/rm/final"
     assert cfg.algorithm == "grpo" and cfg.responses_per_prompt == 8 and cfg.kl_in_loss
     cfg.validate_algorithm()
+
+
+def test_ppo_with_its_critic_raises_the_gold_score_too(tiny_world_base, reward_model_dir, tmp_path):
+    """The leaderboard's PPO row on the shrunken world: the same runs as above with a critic (it starts from
+    the random RM fixture), the mean gain of seeds 0-2 over the starting policy's samples."""
+    world_dir, base = tiny_world_base
+    start, gains = sampled_gold(world_dir, base, 12), []
+    for seed in (0, 1, 2):
+        final = ppo.run(ppo_config(world_dir, base, reward_model_dir, tmp_path / f"ppo_{seed}", reward_source="gold",
+                                   steps=20, rollout_batch=16, minibatch_size=8, ppo_epochs=2, learning_rate=8e-3,
+                                   critic_learning_rate=8e-3, kl_coef=0.01, ptx_coef=0.0, save_every=0, seed=seed))
+        gains.append(sampled_gold(world_dir, final, 12) - start)
+    assert sum(gains) / 3 > 0.05, gains
