@@ -1,4 +1,4 @@
-"""The shrunken world of the end-to-end tests (test_demo.py, test_compare.py): every stage in a few minutes."""
+"""The shrunken world of the end-to-end tests (test_demo.py, test_compare_command.py): every stage in a few minutes."""
 
 from pathlib import Path
 
