@@ -12,7 +12,8 @@ are the hot path of PPO and HF's per-step machinery (logits processors, stopping
 - rows that hit a stop token are ignored, and leave the running batch (cache, mask and positions are
   shrunk) once a quarter of it is done: shrinking copies the cache, so it is not worth doing every step;
 - for Llama / Mistral / Qwen2 / Qwen3 the one-token steps run `decode_step.DecodeStep` (the same arithmetic
-  without HF's per-step plumbing); other models, and any that step does not support, call `model(...)`.
+  without HF's per-step plumbing); other models, any that step does not support, and a model with forward
+  hooks (they watch model(...) calls) call `model(...)`, dropping done rows at once.
 
 Conventions of `GenerationResult` (RL depends on them):
 
@@ -502,7 +503,11 @@ def _decode_batch(model, prompts: list[list[int]], indices: list[int], params: S
     capacity = width + max_steps
     cache = _new_cache(model, capacity)
     logits = _last_logits(model, accepted, input_ids, mask[:, :width], position_ids, cache)
-    fast_step = _fast_step(model, cache, capacity)
+    # a hook on the model watches every model(...) call (serve's logprobs, timing): keep the plain loop for it,
+    # one forward per step over exactly the running rows, in order
+    hooked = bool(model._forward_hooks or model._forward_pre_hooks)
+    fast_step = None if hooked else _fast_step(model, cache, capacity)
+    drop_fraction = 0.0 if hooked else DROP_DONE_FRACTION
     for step in range(max_steps):
         tokens, token_logprobs = _pick(logits, params, generator)
         out_tokens[rows, step] = tokens.where(running, -1)
@@ -522,7 +527,7 @@ def _decode_batch(model, prompts: list[list[int]], indices: list[int], params: S
             break
         # done rows keep being computed (their tokens are ignored) until dropping them pays for
         # copying the cache: when DROP_DONE_FRACTION of the running rows are done
-        if len(rows) - live >= DROP_DONE_FRACTION * len(rows):
+        if len(rows) > live and len(rows) - live >= drop_fraction * len(rows):
             keep = running.nonzero().squeeze(-1)
             rows, tokens, next_position, limit = rows[keep], tokens[keep], next_position[keep], limit[keep]
             running, mask = running[keep], mask[keep]

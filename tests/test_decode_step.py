@@ -113,3 +113,22 @@ def test_a_row_cut_at_the_context_keeps_running_ignored_while_others_go_on(kind)
     assert [len(ids) for ids in together.response_ids] == [6] + [20] * 5
     for prompt, ids in zip(prompts, together.response_ids):
         assert generate(model, None, [prompt], greedy(20)).response_ids == [ids]
+
+
+def test_a_model_with_a_forward_hook_takes_the_plain_path_dropping_done_rows_at_once(monkeypatch):
+    """serve's logprobs read every step's logits from a forward hook, row k for the k-th running row: the hook
+    must see one model(...) call a step over exactly the rows still running."""
+    model = family_model("llama")
+    widths = []
+    handle = model.register_forward_hook(lambda module, args, output: widths.append(output.logits.shape[0]))
+
+    def fail(*args):
+        raise AssertionError("the hand-written step was used")
+    monkeypatch.setattr(generation, "DecodeStep", fail)
+    try:
+        result = generate(model, None, PROMPTS, SamplingParams(max_new_tokens=6, do_sample=False, stop_token_ids=[5]))
+    finally:
+        handle.remove()
+    lengths = [len(ids) for ids in result.response_ids]
+    running = [sum(length > step for length in lengths) for step in range(max(lengths))]
+    assert widths == running[:len(widths)] and len(widths) == max(lengths)
