@@ -220,7 +220,7 @@ def final_folder(returned: Path) -> Path:
     return returned if (returned / "config.json").is_file() else returned / "final"
 
 
-def greedy_gold(model_dir: Path, shared: Shared, prompts: list, gold: GoldJudge) -> list[float]:
+def greedy_gold(model_dir: Path, prompts: list, gold: GoldJudge) -> list[float]:
     """Gold scores of the model's greedy answers, one a prompt."""
     tokenizer = load_tokenizer(model_dir)
     answers = chat_answers(load_causal_lm(model_dir).eval(), tokenizer, prompts,
@@ -254,7 +254,7 @@ def run_method(cfg: Config, method: str, shared: Shared, seed_dir: Path, seed: i
     eval_samples = read_jsonl(eval_path.parent / "samples.jsonl")
     side = {"sft": "baseline", "best_of_n": "best_of_n"}.get(method, "model")
     greedy = None if method == "best_of_n" else (
-        sft_greedy if method == "sft" else greedy_gold(policy, shared, prompts, gold))
+        sft_greedy if method == "sft" else greedy_gold(policy, prompts, gold))
     result = leaderboard.seed_result(report, eval_samples, greedy, sft_greedy, seconds, samples, side)
     result.update(method=method, seed=seed, policy=str(policy), eval_seconds=time.time() - start - seconds)
     result_path.write_text(json.dumps(result) + "\n")
@@ -276,7 +276,7 @@ def run(cfg: Config) -> Path:
     shared = shared_chain(cfg, out_dir)
     gold = GoldJudge(shared.world)
     prompts = [row["prompt"] for row in read_jsonl(shared.eval_prompts)][:cfg.eval_prompts]
-    sft_greedy = greedy_gold(shared.sft, shared, prompts, gold)
+    sft_greedy = greedy_gold(shared.sft, prompts, gold)
     results: dict[str, dict[int, dict]] = {method: {} for method in cfg.methods}
     for seed in cfg.seeds:
         for method in cfg.methods:
