@@ -41,10 +41,10 @@ from chatforge.eval.answers import chat_answers
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, context_length
 from chatforge.guards import NonFiniteGuard
-from chatforge.losses import token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, save_hf_folder
+from chatforge.models.lm_loss import causal_lm_loss
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -90,6 +90,9 @@ class Config:
     select_by: Literal["auto", "score", "val_loss", "last"] = opt(
         "auto", "which epoch becomes best/: the answers' score, the validation loss, the last epoch; auto = score "
         "when eval_prompts are scored, else val_loss when there is val_data, else last")
+    early_stopping_patience: int = opt(
+        0, "stop once this many epochs in a row are no better by select_by than the best (0 = run every epoch); "
+           "best/ is the same model a full run would keep unless a later epoch would have beaten it")
     log_every: int = opt(10, "steps between metric lines")
     save_every: int = opt(0, "steps between mid-epoch resume checkpoints (0 = only at the end of each epoch)")
     keep_last: int = opt(2, "resume checkpoints kept (with 2, a damaged newest one falls back to the one before)")
@@ -124,6 +127,10 @@ class Config:
         require_positive(self, "sft", ("epochs", "batch_size", "grad_accum", "log_every"))
         if self.eval_skip < 0:
             raise ChatforgeError(f"sft: field 'eval_skip' must be >= 0, got {self.eval_skip}")
+        if self.early_stopping_patience < 0:
+            raise ChatforgeError(f"sft: field 'early_stopping_patience' must be >= 0, got {self.early_stopping_patience}")
+        if self.early_stopping_patience and self.select_by == "last":
+            raise ChatforgeError("sft: early_stopping_patience needs a select_by that compares epochs (score or val_loss)")
         dist.check_divisible("sft", "batch_size", self.batch_size)
         dist.check_strategy(self.distributed_strategy, "sft")
         if self.distributed_strategy == "fsdp" and self.lora_r > 0:
@@ -160,9 +167,8 @@ def assistant_tokens(row: list[TokenizedChat]) -> int:
 
 def batch_loss(model, batch: dict, device) -> torch.Tensor:
     """Mean loss over the batch's assistant tokens."""
-    logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                   use_cache=False).logits  # (batch, seq, vocab)
-    return token_cross_entropy(logits, batch["labels"].to(device))
+    return causal_lm_loss(model, batch["input_ids"].to(device), batch["labels"].to(device),
+                          position_ids=batch["position_ids"].to(device))
 
 
 def backward_step(trained, step_rows: list[list[TokenizedChat]], batch_size: int, pad_id: int, device,
@@ -212,6 +218,11 @@ def answer_score(model, tokenizer, judge, prompts, cfg: Config) -> float:
         total, count = dist.eval_sum((sum(scores), len(scores)), model)
         return total / count
     return sum(scores) / len(scores)
+
+
+def stop_early(state: dict, patience: int) -> bool:
+    """True once `patience` (> 0) finished epochs in a row came after the best one."""
+    return patience > 0 and state["best_epoch"] is not None and state["epoch"] - state["best_epoch"] >= patience
 
 
 def run(cfg: Config) -> Path:
@@ -265,7 +276,7 @@ def run(cfg: Config) -> Path:
     progress = progress_bar(total_steps, "sft", state["step"])
     guard = NonFiniteGuard("sft", out_dir)
     window_start, window_tokens = time.perf_counter(), 0
-    while state["epoch"] < cfg.epochs:
+    while state["epoch"] < cfg.epochs and not stop_early(state, cfg.early_stopping_patience):
         epoch = state["epoch"]
         order = list(range(len(train_rows)))
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
@@ -322,9 +333,12 @@ def run(cfg: Config) -> Path:
                      rng_states=gather_rng_states())
     progress.close()
     logger.close()
+    if state["epoch"] < cfg.epochs:
+        print(f"sft: stopped early after epoch {state['epoch']}: {cfg.early_stopping_patience} epochs without a "
+              f"better {selected_by} than epoch {state['best_epoch']}'s")
 
     summary = {"epochs": state["epochs"], "best_epoch": state["best_epoch"],
-               "selected_by": selected_by,
+               "selected_by": selected_by, "stopped_early": state["epoch"] < cfg.epochs,
                "judge": getattr(judge, "name", None)}
     dist.on_main((out_dir / "summary.json").write_text, json.dumps(summary, indent=1))
     print(f"sft: best epoch {state['best_epoch']} by {summary['selected_by']} -> {out_dir / 'best'}")

@@ -78,3 +78,23 @@ def test_sft_select_by_needs_what_it_selects_on(tiny_world_base, tmp_path, capsy
     assert "select_by=val_loss needs val_data" in capsys.readouterr().err
     assert main(["sft", f"model={base}", f"train_data=[{train}]", "select_by=score"]) == 2
     assert "select_by=score needs eval_prompts" in capsys.readouterr().err
+
+
+def test_stop_early_counts_epochs_after_the_best():
+    assert not sft.stop_early({"epoch": 5, "best_epoch": 3}, 0)  # 0 = off
+    assert not sft.stop_early({"epoch": 4, "best_epoch": 3}, 2)
+    assert sft.stop_early({"epoch": 5, "best_epoch": 3}, 2)
+    assert not sft.stop_early({"epoch": 0, "best_epoch": None}, 1)
+
+
+def test_sft_early_stopping_keeps_the_best_epoch_and_says_so(tiny_world_base, tmp_path, capsys):
+    world_dir, base = tiny_world_base
+    # learning rate 0: every epoch's validation loss equals the first's, which stays the best (ties do not win)
+    sft.run(sft_config(world_dir, base, tmp_path / "es", epochs=4, learning_rate=0.0, select_by="val_loss",
+                       eval_prompts="", early_stopping_patience=2))
+    summary = json.loads((tmp_path / "es" / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2, 3] and summary["best_epoch"] == 1
+    assert summary["stopped_early"] and "stopped early after epoch 3" in capsys.readouterr().out
+    assert main(["sft", f"model={base}", f"train_data=[{world_dir / 'demos' / 'train.jsonl'}]",
+                 "select_by=last", "early_stopping_patience=1"]) == 2
+    assert "early_stopping_patience needs a select_by" in capsys.readouterr().err
