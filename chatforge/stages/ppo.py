@@ -57,12 +57,11 @@ from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, generate
 from chatforge.guards import NonFiniteGuard
 from chatforge.losses import (adaptive_kl_coef, gae, group_centered, grpo_advantages, k3_kl, kl_penalized_rewards,
-                              masked_mean, policy_loss, returns_to_go, rloo_advantages, value_loss)
+                              masked_mean, policy_loss, returns_to_go, rloo_advantages, token_cross_entropy, value_loss)
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import (check_model_dir, check_same_tokenizer, check_tokenizer_fits, load_causal_lm,
                                  load_tokenizer, save_hf_folder)
-from chatforge.models.lm_loss import causal_lm_loss
 from chatforge.models.reward import check_reward_model_dir, load_reward_model
 from chatforge.models.scoring import (by_length, join_rollout, response_logprobs, response_logprobs_and_entropy,
                                       response_values, rollout_rewards)
@@ -483,7 +482,8 @@ def run(cfg: Config) -> Path:
                         pg_stats["kl_loss"] = kl_loss.item()
                     if ptx_batches is not None:
                         block = dist.shard(next(ptx_batches)).to(device)  # (ptx_batch_size / ranks, ptx_seq_len + 1)
-                        ptx_loss = causal_lm_loss(train_actor, block[:, :-1], block[:, 1:])
+                        ptx_loss = token_cross_entropy(train_actor(input_ids=block[:, :-1], use_cache=False).logits,
+                                                       block[:, 1:])
                         actor_loss = actor_loss + cfg.ptx_coef * ptx_loss
                         state["ptx_blocks"] += cfg.ptx_batch_size
                         pg_stats["ptx_loss"] = ptx_loss.item()

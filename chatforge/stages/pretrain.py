@@ -28,11 +28,10 @@ from chatforge.data.corpus import corpus_files
 from chatforge.data.packing import PackedBlocks, validation_batches
 from chatforge.errors import ChatforgeError
 from chatforge.guards import NonFiniteGuard
-from chatforge.losses import IGNORE_INDEX
+from chatforge.losses import IGNORE_INDEX, token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, load_tokenizer, save_hf_folder
-from chatforge.models.lm_loss import causal_lm_loss
 from chatforge.models.presets import PRESETS, count_parameters, llama_config
 from chatforge.optim import build_optimizer, warmup_cosine
 from chatforge.runtime import autocast, enable_gradient_checkpointing, start_run
@@ -115,8 +114,9 @@ def build_model(cfg: Config, tokenizer):
 
 
 def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX (the LM head fused where it can be)."""
-    return causal_lm_loss(model, inputs, targets)
+    """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX."""
+    logits = model(input_ids=inputs, use_cache=False).logits  # (batch, seq, vocab)
+    return token_cross_entropy(logits, targets)
 
 
 @torch.no_grad()
