@@ -41,10 +41,10 @@ from chatforge.eval.answers import chat_answers
 from chatforge.eval.judges import load_judge
 from chatforge.generation import SamplingParams, context_length
 from chatforge.guards import NonFiniteGuard
+from chatforge.losses import token_cross_entropy
 from chatforge.metrics import MetricsLogger, progress_bar
 from chatforge.models.card import model_card
 from chatforge.models.io import check_model_dir, check_tokenizer_fits, load_causal_lm, save_hf_folder
-from chatforge.models.lm_loss import causal_lm_loss
 from chatforge.models.templates import load_chat_tokenizer
 from chatforge.models.trainable import configure_trainable, plain_model
 from chatforge.optim import build_optimizer, warmup_cosine
@@ -167,8 +167,9 @@ def assistant_tokens(row: list[TokenizedChat]) -> int:
 
 def batch_loss(model, batch: dict, device) -> torch.Tensor:
     """Mean loss over the batch's assistant tokens."""
-    return causal_lm_loss(model, batch["input_ids"].to(device), batch["labels"].to(device),
-                          position_ids=batch["position_ids"].to(device))
+    logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                   use_cache=False).logits  # (batch, seq, vocab)
+    return token_cross_entropy(logits, batch["labels"].to(device))
 
 
 def backward_step(trained, step_rows: list[list[TokenizedChat]], batch_size: int, pad_id: int, device,
